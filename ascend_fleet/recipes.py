@@ -1,0 +1,118 @@
+"""Recipes: the tutorial's values as data (model x image version x hardware x role).
+
+A recipe is a YAML file in ``ascend_fleet/recipes/`` (or in a directory the user adds
+with ``fleet_recipe_paths``). It names the model, the image, the per-hardware device
+counts, the launcher and proxy, the kv port scheme, and *profiles*: one per node role,
+each holding the ordered environment exports and ``vllm serve`` flags of the tutorial.
+A profile may ``extends:`` another and change flags with ``serve_set`` (replace in place,
+or append when new) and ``serve_unset``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "recipes"
+DEFAULT_RECIPE = "dsv4-flash-w8a8-mtp@v0.21.0rc1"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be found or is malformed."""
+
+
+def _flatten_pairs(items: list[Any]) -> list[list[Any]]:
+    """YAML anchors let a list embed another list of pairs: flatten one level."""
+    out: list[list[Any]] = []
+    for item in items or []:
+        if isinstance(item, list) and item and isinstance(item[0], list):
+            out.extend(_flatten_pairs(item))
+        elif isinstance(item, list):
+            out.append(list(item))
+        else:
+            raise RecipeError(f"expected a [name, value] pair, got {item!r}")
+    return out
+
+
+def recipe_files(extra_paths: list[str] | None = None) -> dict[str, Path]:
+    """Map recipe id -> file, searching user paths first, then the built-in recipes."""
+    found: dict[str, Path] = {}
+    for directory in [*(extra_paths or []), str(BUILTIN_DIR)]:
+        for path in sorted(Path(directory).expanduser().glob("*.yml")):
+            try:
+                rid = yaml.safe_load(path.read_text()).get("id")
+            except (yaml.YAMLError, AttributeError) as exc:
+                raise RecipeError(f"recipe {path}: not a YAML mapping ({exc})") from None
+            if rid and rid not in found:
+                found[rid] = path
+    return found
+
+
+def load_recipe(recipe_id: str = DEFAULT_RECIPE, extra_paths: list[str] | None = None) -> dict:
+    files = recipe_files(extra_paths)
+    if recipe_id not in files:
+        raise RecipeError(
+            f"unknown recipe {recipe_id!r}; known: {', '.join(sorted(files)) or 'none'} "
+            "(set fleet_recipe, or add a directory with fleet_recipe_paths)"
+        )
+    data = yaml.safe_load(files[recipe_id].read_text())
+    data["_file"] = str(files[recipe_id])
+    profiles = {}
+    for name in data.get("profiles", {}):
+        profiles[name] = _resolve_profile(data["profiles"], name, [])
+    data["profiles"] = profiles
+    return data
+
+
+def _resolve_profile(raw: dict[str, Any], name: str, chain: list[str]) -> dict[str, Any]:
+    if name in chain:
+        raise RecipeError(f"profile {name!r}: extends loop {' -> '.join([*chain, name])}")
+    if name not in raw:
+        raise RecipeError(f"profile {name!r} is extended but not defined")
+    own = copy.deepcopy(raw[name])
+    base: dict[str, Any] = {}
+    if "extends" in own:
+        base = _resolve_profile(raw, own.pop("extends"), [*chain, name])
+    merged = {**base, **{k: v for k, v in own.items() if k not in ("serve_set", "serve_unset")}}
+    merged["env"] = _flatten_pairs(own.get("env", base.get("env", [])))
+    serve = _flatten_pairs(own.get("serve", base.get("serve", [])))
+    merged["serve"] = apply_serve_changes(
+        serve, own.get("serve_set") or {}, own.get("serve_unset") or []
+    )
+    merged.setdefault("preamble", [])
+    merged.setdefault("script_vars", False)
+    merged["name"] = name
+    for key in ("hw", "role", "tp_size", "dp_size_local"):
+        if key not in merged:
+            raise RecipeError(f"profile {name!r}: missing {key!r}")
+    return merged
+
+
+def apply_serve_changes(
+    serve: list[list[Any]], set_: dict[str, Any], unset: list[str]
+) -> list[list[Any]]:
+    """Replace flags in place (append new ones); ``None`` as a value or ``unset`` removes."""
+    out = [list(pair) for pair in serve]
+    for flag, value in set_.items():
+        idx = next((i for i, pair in enumerate(out) if pair[0] == flag), None)
+        if value is None:
+            if idx is not None:
+                out.pop(idx)
+            continue
+        pair = [flag] if value is True and flag_is_switch(flag) else [flag, value]
+        if idx is None:
+            out.append(pair)
+        else:
+            out[idx] = pair
+    return [pair for pair in out if pair[0] not in set(unset)]
+
+
+def flag_is_switch(flag: str) -> bool:
+    """Flags written without a value (``--enforce-eager``); a guess refined by the flag table."""
+    from .serveflags import FlagSpec  # local import: serveflags is optional for recipe loading
+
+    found = FlagSpec.load().lookup(flag)
+    return bool(found and found[0].nargs == 0)

@@ -1,0 +1,717 @@
+"""The topology engine: inventory + recipe -> a per-host deployment plan, validated.
+
+Everything the deployment derives from the inventory is computed here, in one place, and
+unit-tested: each host's role, instance, engine_id, kv_port, DP/TP sizes, DP rank range,
+DP master address and RPC port, API ports, per-rank ASCEND_RT_VISIBLE_DEVICES, the kv
+side-channel ports every rank binds, the kv_connector_extra_config sizes, the proxy's
+prefiller/decoder lists, and the exact environment and ``vllm serve`` flags to render.
+
+Input is plain data (what Ansible's inventory holds), so this module needs no Ansible:
+``build_plan(hosts, groups, mode)`` where ``hosts`` maps inventory_hostname -> vars and
+``groups`` maps group name -> ordered host list. The result carries ``errors`` (each one
+names the host or group, the value found, what was expected and the variable to change)
+and ``warnings`` (risky tutorial values kept as defaults, with the one-variable fix).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from .recipes import DEFAULT_RECIPE, RecipeError, apply_serve_changes, load_recipe
+from .serveflags import FlagSpec, ServeFlagError, parse_serve_argv
+
+ROLE_GROUPS = ("single", "prefill", "decode")
+DOC_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+TUTORIAL_PLACEHOLDER = re.compile(r"^(x{1,2}\.){3}(x{1,2}|\d+)$", re.IGNORECASE)
+HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+LAUNCHER_POSITIONALS = ("devices", "port", "dp_size", "dp_rank", "dp_address", "dp_rpc_port", "tp")
+
+# fleet_* inventory variables: name -> accepted Python types. Anything else prefixed
+# fleet_ is reported as unknown (a typo would otherwise be ignored silently).
+FLEET_VARS: dict[str, tuple[type, ...]] = {
+    "fleet_topology": (str,),
+    "fleet_recipe": (str,),
+    "fleet_recipe_paths": (list,),
+    "fleet_hw_kind": (str,),
+    "fleet_profile": (str,),
+    "fleet_nic_name": (str,),
+    "fleet_node_ip": (str,),
+    "fleet_instance": (str,),
+    "fleet_tp_size": (int,),
+    "fleet_dp_size": (int,),
+    "fleet_dp_size_local": (int,),
+    "fleet_dp_rank_start": (int,),
+    "fleet_dp_address": (str,),
+    "fleet_dp_rpc_port": (int,),
+    "fleet_vllm_start_port": (int,),
+    "fleet_api_port": (int,),
+    "fleet_engine_id": (int,),
+    "fleet_kv_port": (int,),
+    "fleet_kv_port_base": (int,),
+    "fleet_kv_port_stride": (int,),
+    "fleet_kv_extra_config": (dict, str),
+    "fleet_visible_devices": (list,),
+    "fleet_serve_overrides": (dict,),
+    "fleet_env_overrides": (dict,),
+    "fleet_engine_ready_timeout_s": (int, type(None)),
+    "fleet_proxy_port": (int,),
+    "fleet_image": (str,),
+    "fleet_model_path": (str,),
+    "fleet_config_dir": (str,),
+    "fleet_container_prefix": (str,),
+    "fleet_allow_placeholder_addresses": (bool,),
+}
+# Instance-level values: every host of one instance must agree on them.
+INSTANCE_VARS = (
+    "fleet_engine_id", "fleet_kv_port", "fleet_dp_size", "fleet_tp_size", "fleet_dp_address",
+    "fleet_dp_rpc_port", "fleet_kv_extra_config", "fleet_profile",
+)
+
+
+@dataclass
+class Report:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def error(self, msg: str) -> None:
+        if msg not in self.errors:
+            self.errors.append(msg)
+
+    def warn(self, msg: str) -> None:
+        if msg not in self.warnings:
+            self.warnings.append(msg)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_types(host: str, hv: dict[str, Any], bool_vars: set[str], rep: Report) -> None:
+    """Type-check fleet_* variables and every boolean role option a host sets."""
+    for name, value in hv.items():
+        if name in bool_vars and not isinstance(value, bool):
+            rep.error(
+                f"host {host}: {name} = {value!r} ({type(value).__name__}); expected a "
+                f"boolean (true/false, unquoted in YAML; with -e use JSON: -e '{{\"{name}\": true}}')"
+            )
+        if not name.startswith("fleet_"):
+            continue
+        if name not in FLEET_VARS:
+            rep.warn(f"host {host}: unknown variable {name} (typo? it is ignored)")
+            continue
+        types = FLEET_VARS[name]
+        ok = isinstance(value, types) and not (
+            isinstance(value, bool) and bool not in types
+        )
+        if not ok:
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            hint = ""
+            if bool in types and isinstance(value, str):
+                hint = " (a boolean given as a string: write true/false unquoted)"
+            elif int in types and isinstance(value, str) and value.strip().isdigit():
+                hint = " (a number given as a string: write it unquoted)"
+            rep.error(
+                f"host {host}: {name} = {value!r} is a {type(value).__name__}; "
+                f"expected {expected}{hint}"
+            )
+
+
+def _address_problem(value: str, allow_placeholders: bool) -> str | None:
+    """Why ``value`` is not a usable node address, or None."""
+    if TUTORIAL_PLACEHOLDER.match(value):
+        return "the tutorial's placeholder (xx.xx.xx.N / x.x.x.x), not an address"
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        if re.fullmatch(r"[\d.]+", value) or not HOSTNAME.match(value):
+            return "neither an IP address nor a valid hostname"
+        return None
+    if not allow_placeholders:
+        for net in DOC_NETS:
+            if addr in net:
+                return (
+                    f"a documentation placeholder ({net}); the shipped inventories use these "
+                    "so nobody deploys to them by accident"
+                )
+    return None
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return json.loads(value)
+    return value
+
+
+def shell_value(value: Any) -> str:
+    """How a flag value is written in the rendered script."""
+    if isinstance(value, dict | list):
+        return shlex.quote(json.dumps(value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    if text.startswith("$"):
+        return text  # a launcher positional ($2 ...) or shell variable: keep it a shell word
+    return shlex.quote(text)
+
+
+def build_plan(
+    hosts: dict[str, dict[str, Any]],
+    groups: dict[str, list[str]],
+    mode: str = "render",
+    bool_vars: set[str] | None = None,
+    flag_spec: FlagSpec | None = None,
+) -> dict[str, Any]:
+    """Compute and validate the plan. ``mode`` is "render" (placeholders allowed) or "deploy"."""
+    rep = Report()
+    plan: dict[str, Any] = {"mode": mode, "hosts": {}, "instances": [], "proxy": None}
+    bool_vars = set(bool_vars or ()) | {
+        k for k, t in FLEET_VARS.items() if t == (bool,)
+    }
+
+    for host, hv in hosts.items():
+        check_types(host, hv, bool_vars, rep)
+
+    # ---- roles: every service host in exactly one role group -------------------------
+    role_of: dict[str, str] = {}
+    for host in hosts:
+        roles = [g for g in ROLE_GROUPS if host in groups.get(g, [])]
+        if len(roles) > 1:
+            rep.error(
+                f"host {host}: in groups {', '.join(roles)}; a node has exactly one role "
+                "(remove it from all but one of single/prefill/decode)"
+            )
+        if roles:
+            role_of[host] = roles[0]
+    members = {g: [h for h in groups.get(g, []) if h in role_of] for g in ROLE_GROUPS}
+    pd = bool(members["prefill"] or members["decode"] or "prefill" in groups or "decode" in groups)
+    if pd:
+        for g in ("prefill", "decode"):
+            if not members[g]:
+                state = "missing" if g not in groups else "empty"
+                rep.error(
+                    f"group {g}: {state}; a prefill/decode deployment needs at least one host "
+                    f"in both 'prefill' and 'decode' (add hosts under children.{g})"
+                )
+        if members["single"]:
+            rep.error(
+                f"group single: {', '.join(members['single'])} sit beside prefill/decode groups; "
+                "an inventory deploys either single-node or PD (move them to their own inventory)"
+            )
+    elif not members["single"]:
+        rep.error(
+            "group single/prefill/decode: none has hosts; expected a 'single' group (one node "
+            "serves alone) or 'prefill' + 'decode' groups (PD disaggregation)"
+        )
+    for host in hosts:
+        if host not in role_of:
+            rep.warn(f"host {host}: in no role group (single/prefill/decode); nothing is deployed there")
+
+    if rep.errors and not role_of:
+        plan.update(errors=rep.errors, warnings=rep.warnings)
+        return plan
+
+    # ---- recipe ------------------------------------------------------------------------
+    def var(host: str, name: str, default: Any = None) -> Any:
+        value = hosts[host].get(name)
+        return default if value is None else value
+
+    any_host = next(iter(role_of), next(iter(hosts), None))
+    recipe_ids = {var(h, "fleet_recipe", DEFAULT_RECIPE) for h in role_of}
+    if len(recipe_ids) > 1:
+        rep.error(f"fleet_recipe: hosts disagree ({', '.join(sorted(recipe_ids))}); set it once in all.vars")
+    recipe_id = sorted(recipe_ids)[0] if recipe_ids else DEFAULT_RECIPE
+    try:
+        recipe = load_recipe(recipe_id, var(any_host, "fleet_recipe_paths", []) if any_host else [])
+    except RecipeError as exc:
+        rep.error(f"fleet_recipe: {exc}")
+        plan.update(errors=rep.errors, warnings=rep.warnings)
+        return plan
+    spec = flag_spec or FlagSpec.load(recipe.get("vllm_version", "0.21.0"))
+    plan["recipe"] = recipe["id"]
+    plan["topology"] = var(any_host, "fleet_topology", "") if any_host else ""
+    plan["pd"] = pd
+
+    # ---- per-host basics ---------------------------------------------------------------
+    basics: dict[str, dict[str, Any]] = {}
+    addresses: dict[str, list[str]] = {}
+    allow_ph_default = mode == "render"
+    for host, role in role_of.items():
+        allow_ph = var(host, "fleet_allow_placeholder_addresses", allow_ph_default)
+        conn = var(host, "ansible_host", host)
+        node_ip = var(host, "fleet_node_ip", conn)
+        for label, value in (("ansible_host", conn), ("fleet_node_ip", node_ip)):
+            problem = _address_problem(str(value), allow_ph)
+            if problem:
+                rep.error(
+                    f"host {host}: {label} = {value!r} is {problem}; set {label} for {host} "
+                    "in the inventory to the node's real address"
+                )
+        if not _address_problem(str(node_ip), True) and not _is_ip(str(node_ip)):
+            rep.error(
+                f"host {host}: node address {node_ip!r} is a hostname; HCCL_IF_IP and the DP "
+                f"master address need an IP: set fleet_node_ip for {host}"
+            )
+        addresses.setdefault(str(node_ip), []).append(host)
+
+        hw = var(host, "fleet_hw_kind")
+        if hw not in recipe["hardware"]:
+            rep.error(
+                f"host {host}: fleet_hw_kind = {hw!r}; expected one of "
+                f"{', '.join(sorted(recipe['hardware']))} (a2: Atlas 800 A2, 8 devices; "
+                "a3: Atlas 800 A3, 16 devices)"
+            )
+            continue
+        profile_name = var(host, "fleet_profile", f"{hw}-{role}")
+        profile = recipe["profiles"].get(profile_name)
+        if profile is None:
+            rep.error(
+                f"host {host}: fleet_profile = {profile_name!r} is not in recipe {recipe['id']}; "
+                f"expected one of {', '.join(sorted(recipe['profiles']))}"
+            )
+            continue
+        if profile["role"] != role:
+            rep.error(
+                f"host {host}: fleet_profile = {profile_name!r} is a {profile['role']} profile but "
+                f"the host is in group {role}; set fleet_profile to a {role} profile"
+            )
+            continue
+        if profile["hw"] != hw:
+            rep.error(
+                f"host {host}: fleet_profile = {profile_name!r} is written for {profile['hw']} "
+                f"but fleet_hw_kind = {hw!r}; fix one of them"
+            )
+            continue
+        nic = var(host, "fleet_nic_name")
+        if nic is None and mode == "render":
+            rep.error(f"host {host}: fleet_nic_name is not set; rendering needs the NIC name of {node_ip}")
+        instance = var(host, "fleet_instance", host if role == "single" else None)
+        if instance is None:
+            rep.error(
+                f"host {host}: fleet_instance is not set; every {role} host names the instance "
+                "it belongs to (nodes of one DP group share a name)"
+            )
+            continue
+        basics[host] = {
+            "host": host, "role": role, "hw_kind": hw, "profile": profile_name,
+            "device_count": recipe["hardware"][hw]["devices"], "node_ip": str(node_ip),
+            "connect_address": str(conn), "nic_name": nic, "instance": f"{role}:{instance}",
+            "instance_name": str(instance),
+        }
+
+    for addr, owners in addresses.items():
+        if len(owners) > 1:
+            rep.error(
+                f"hosts {', '.join(owners)}: share the address {addr}; each node needs its own "
+                "(fix ansible_host / fleet_node_ip)"
+            )
+
+    # ---- instances ---------------------------------------------------------------------
+    order: list[str] = []
+    nodes_of: dict[str, list[str]] = {}
+    for role in ("prefill", "decode", "single"):
+        for host in members[role]:
+            if host in basics:
+                key = basics[host]["instance"]
+                if key not in nodes_of:
+                    order.append(key)
+                    nodes_of[key] = []
+                nodes_of[key].append(host)
+
+    for key in order:
+        for name in INSTANCE_VARS:
+            seen = {repr(hosts[h].get(name)) for h in nodes_of[key] if hosts[h].get(name) is not None}
+            if len(seen) > 1:
+                rep.error(
+                    f"instance {key.split(':', 1)[1]}: {name} differs between its hosts "
+                    f"({', '.join(sorted(seen))}); set it once for the whole instance"
+                )
+
+    engine_ids: dict[int, str] = {}
+    instances: list[dict[str, Any]] = []
+    pd_index = 0
+    kv = recipe["kv"]
+    for key in order:
+        nodes = nodes_of[key]
+        first = nodes[0]
+        role = basics[first]["role"]
+        profile = recipe["profiles"][basics[first]["profile"]]
+        tp = var(first, "fleet_tp_size", profile["tp_size"])
+        inst: dict[str, Any] = {
+            "name": basics[first]["instance_name"], "key": key, "role": role, "nodes": nodes,
+            "tp_size": tp, "profile": profile["name"], "kv_role": profile.get("kv_role"),
+        }
+        # DP ranks: nodes in inventory order; each node's start defaults to the running sum.
+        cursor = 0
+        covered: dict[int, str] = {}
+        for host in nodes:
+            local = var(host, "fleet_dp_size_local", profile["dp_size_local"])
+            start = var(host, "fleet_dp_rank_start", cursor)
+            basics[host]["dp_size_local"] = local
+            basics[host]["dp_rank_start"] = start
+            cursor = start + local
+            devices = basics[host]["device_count"]
+            if _is_int(tp) and _is_int(local) and tp * local > devices:
+                rep.error(
+                    f"host {host}: tp_size {tp} x dp_size_local {local} = {tp * local} devices, "
+                    f"but an {basics[host]['hw_kind']} node has {devices}; lower fleet_tp_size or "
+                    "fleet_dp_size_local"
+                )
+            if _is_int(start) and _is_int(local):
+                for rank in range(start, start + local):
+                    if rank in covered:
+                        rep.error(
+                            f"instance {inst['name']}: DP rank {rank} on both {covered[rank]} and "
+                            f"{host}; fix fleet_dp_rank_start / fleet_dp_size_local"
+                        )
+                    covered[rank] = host
+        dp_size = var(first, "fleet_dp_size", sum(basics[h]["dp_size_local"] for h in nodes))
+        inst["dp_size"] = dp_size
+        missing = sorted(set(range(dp_size)) - set(covered)) if _is_int(dp_size) else []
+        extra = sorted(r for r in covered if not _is_int(dp_size) or r >= dp_size or r < 0)
+        if missing or extra:
+            rep.error(
+                f"instance {inst['name']}: DP ranks must cover [0, {dp_size}) exactly once; "
+                f"missing {missing or 'none'}, outside {extra or 'none'} (nodes: "
+                + ", ".join(
+                    f"{h} {basics[h]['dp_rank_start']}..+{basics[h]['dp_size_local']}" for h in nodes
+                )
+                + "); fix fleet_dp_size / fleet_dp_rank_start / fleet_dp_size_local"
+            )
+        master = next((h for h in nodes if basics[h]["dp_rank_start"] == 0), first)
+        inst["master"] = master
+        inst["dp_address"] = var(first, "fleet_dp_address", basics[master]["node_ip"])
+        problem = _address_problem(str(inst["dp_address"]), mode == "render")
+        if problem:
+            rep.error(f"instance {inst['name']}: fleet_dp_address = {inst['dp_address']!r} is {problem}")
+        inst["dp_rpc_port"] = var(first, "fleet_dp_rpc_port", recipe["launcher"]["dp_rpc_port"])
+        if role in ("prefill", "decode"):
+            engine_id = var(first, "fleet_engine_id", pd_index)
+            pd_index += 1
+            if engine_id in engine_ids:
+                rep.error(
+                    f"instance {inst['name']}: engine_id {engine_id} is also used by instance "
+                    f"{engine_ids[engine_id]}; every P/D instance needs its own (fleet_engine_id)"
+                )
+            engine_ids[engine_id] = inst["name"]
+            inst["engine_id"] = engine_id
+            base = var(first, "fleet_kv_port_base", kv["port_base"])
+            stride = var(first, "fleet_kv_port_stride", kv["port_stride"])
+            inst["kv_port"] = var(first, "fleet_kv_port", base + engine_id * stride if _is_int(engine_id) else base)
+            inst["kv_port_range"] = [inst["kv_port"], inst["kv_port"] + dp_size * tp - 1]
+        instances.append(inst)
+
+    # kv_connector_extra_config: the real sizes of the prefill and decode sides.
+    side_sizes: dict[str, dict[str, int]] = {}
+    for role in ("prefill", "decode"):
+        sizes = {(i["dp_size"], i["tp_size"]) for i in instances if i["role"] == role}
+        if len(sizes) > 1:
+            rep.error(
+                f"group {role}: its instances differ in size ({sorted(sizes)}); the kv connector "
+                f"describes one {role} shape: make every {role} instance the same DP x TP"
+            )
+        if sizes:
+            dp, tp = sorted(sizes)[0]
+            side_sizes[role] = {"dp_size": dp, "tp_size": tp}
+    real_extra = {"prefill": side_sizes.get("prefill"), "decode": side_sizes.get("decode")}
+
+    # ---- proxy -------------------------------------------------------------------------
+    proxy = None
+    if pd and not rep.errors:
+        proxy_hosts = [h for h in groups.get("proxy", []) if h in hosts]
+        prefills = [i for i in instances if i["role"] == "prefill"]
+        proxy_host = proxy_hosts[0] if proxy_hosts else prefills[0]["master"]
+        if len(proxy_hosts) > 1:
+            rep.error(f"group proxy: {len(proxy_hosts)} hosts ({', '.join(proxy_hosts)}); expected one")
+        proxy_ip = basics[proxy_host]["node_ip"] if proxy_host in basics else str(
+            var(proxy_host, "fleet_node_ip", var(proxy_host, "ansible_host", proxy_host))
+        )
+        proxy = {
+            "host": proxy_host, "address": proxy_ip,
+            "port": var(proxy_host, "fleet_proxy_port", recipe["proxy"]["port"]),
+            "script": recipe["proxy"]["script"], "python": recipe["launcher"]["python"],
+            "prefill": [], "decode": [],
+        }
+
+    # ---- per host: ranks, ports, script ------------------------------------------------
+    image_repo = recipe["image"]["repository"]
+    inst_by_key = {i["key"]: i for i in instances}
+    bound: dict[str, list[tuple[int, str]]] = {}
+    for host, b in basics.items():
+        if b["instance"] not in inst_by_key or "dp_size_local" not in b:
+            continue
+        inst = inst_by_key[b["instance"]]
+        profile = recipe["profiles"][b["profile"]]
+        tp, local, start = inst["tp_size"], b["dp_size_local"], b["dp_rank_start"]
+        if not all(_is_int(x) for x in (tp, local, start, inst["dp_size"])):
+            continue
+        start_port = var(host, "fleet_vllm_start_port", recipe["launcher"]["vllm_start_port"])
+        api_port = var(host, "fleet_api_port", recipe["single"]["port"])
+        devices_override = var(host, "fleet_visible_devices")
+        ranks = []
+        for i in range(local):
+            if devices_override is not None:
+                devs = str(devices_override[i]) if i < len(devices_override) else ""
+            else:
+                devs = ",".join(str(d) for d in range(i * tp, (i + 1) * tp))
+            rank: dict[str, Any] = {"local": i, "dp_rank": start + i, "devices": devs}
+            if b["role"] == "single":
+                rank["api_port"] = api_port
+            else:
+                rank["api_port"] = start_port + i
+                rank["kv_ports"] = [
+                    inst["kv_port"] + (start + i) * tp + t for t in range(tp)
+                ] if _is_int(inst.get("kv_port")) else []
+            ranks.append(rank)
+        if b["role"] == "single":
+            ranks = [{"local": 0, "dp_rank": 0, "api_port": api_port,
+                      "devices": ",".join(str(d) for d in range(tp * local))}]
+        # device list sanity
+        if devices_override is not None:
+            if len(devices_override) != local:
+                rep.error(
+                    f"host {host}: fleet_visible_devices has {len(devices_override)} entries; "
+                    f"expected one per local DP rank ({local})"
+                )
+            used: set[int] = set()
+            for entry in devices_override:
+                ids = [x for x in str(entry).split(",") if x != ""]
+                if not all(x.isdigit() for x in ids) or len(ids) != tp:
+                    rep.error(
+                        f"host {host}: fleet_visible_devices entry {entry!r}; expected {tp} "
+                        "comma-separated device ids (tp_size)"
+                    )
+                    continue
+                for x in map(int, ids):
+                    if x >= b["device_count"] or x in used:
+                        rep.error(
+                            f"host {host}: device {x} in fleet_visible_devices is "
+                            f"{'used twice' if x in used else 'not on this node'} "
+                            f"({b['hw_kind']}: 0..{b['device_count'] - 1})"
+                        )
+                    used.add(x)
+
+        ports = bound.setdefault(host, [])
+        for r in ranks:
+            ports.append((r["api_port"], f"API port of DP rank {r['dp_rank']}"))
+            for p in r.get("kv_ports", []):
+                ports.append((p, f"kv side-channel port of DP rank {r['dp_rank']}"))
+        if b["role"] != "single" and host == inst["master"]:
+            ports.append((inst["dp_rpc_port"], "DP RPC port (fleet_dp_rpc_port)"))
+        if proxy and host == proxy["host"]:
+            ports.append((proxy["port"], "proxy port (fleet_proxy_port)"))
+
+        # Script content: preamble, env, serve flags.
+        kv_cfg = None
+        if b["role"] != "single":
+            extra = real_extra
+            override = var(host, "fleet_kv_extra_config")
+            if override is not None:
+                try:
+                    extra = _json_value(override)
+                except json.JSONDecodeError as exc:
+                    rep.error(f"host {host}: fleet_kv_extra_config is invalid JSON ({exc.msg}): {override!r}")
+                if extra != real_extra:
+                    rep.error(
+                        f"host {host}: fleet_kv_extra_config = {json.dumps(extra)} does not match "
+                        f"the real instance sizes {json.dumps(real_extra)}; remove the override "
+                        "or fix the instance sizes"
+                    )
+            kv_cfg = {
+                "kv_connector": kv["connector"], "kv_role": profile["kv_role"],
+                "kv_port": str(inst["kv_port"]), "engine_id": str(inst["engine_id"]),
+                "kv_connector_extra_config": extra,
+            }
+        serve = apply_serve_changes(profile["serve"], var(host, "fleet_serve_overrides", {}), [])
+        markers = {
+            "@tp_size@": tp, "@dp_size@": inst["dp_size"], "@api_port@": api_port,
+            "@kv_transfer_config@": kv_cfg,
+        }
+        serve_args = []
+        for pair in serve:
+            if len(pair) == 1:
+                serve_args.append([pair[0], None])
+                continue
+            value = markers.get(pair[1], pair[1]) if isinstance(pair[1], str) else pair[1]
+            serve_args.append([pair[0], shell_value(value)])
+        env = [list(p) for p in profile["env"]]
+        env_over = var(host, "fleet_env_overrides", {})
+        timeout = var(host, "fleet_engine_ready_timeout_s")
+        if timeout is not None and "VLLM_ENGINE_READY_TIMEOUT_S" not in env_over:
+            env_over = {**env_over, "VLLM_ENGINE_READY_TIMEOUT_S": str(timeout)}
+        for name, value in env_over.items():
+            idx = next((i for i, p in enumerate(env) if p[0] == name), None)
+            if value is None:
+                env = [p for p in env if p[0] != name]
+            elif idx is None:
+                env.append([name, str(value)])
+            else:
+                env[idx] = [name, str(value)]
+                env = [p for i, p in enumerate(env) if p[0] != name or i == idx]
+
+        model_path = var(host, "fleet_model_path", recipe["model"]["path"])
+        image = var(host, "fleet_image", "{}:{}{}".format(
+            image_repo, recipe["image"]["tag"], recipe["image"]["tag_suffix"].get(b["hw_kind"], "")
+        ))
+        launcher_args = None
+        if b["role"] != "single":
+            launcher_args = [
+                ["--dp-size", inst["dp_size"]], ["--tp-size", tp], ["--dp-size-local", local],
+                ["--dp-rank-start", start], ["--dp-address", inst["dp_address"]],
+                ["--dp-rpc-port", inst["dp_rpc_port"]], ["--vllm-start-port", start_port],
+            ]
+        entry = {
+            **b,
+            "instance": inst["name"],
+            "tp_size": tp, "dp_size": inst["dp_size"], "dp_address": inst["dp_address"],
+            "dp_rpc_port": inst["dp_rpc_port"], "is_dp_master": host == inst["master"],
+            "vllm_start_port": start_port if b["role"] != "single" else api_port,
+            "engine_id": inst.get("engine_id"), "kv_role": profile.get("kv_role"),
+            "kv_port": inst.get("kv_port"),
+            "kv_ports": sorted(p for r in ranks for p in r.get("kv_ports", [])),
+            "kv_extra_config": kv_cfg["kv_connector_extra_config"] if kv_cfg else None,
+            "ranks": ranks, "api_ports": [r["api_port"] for r in ranks],
+            "image": image, "model_path": model_path, "model_hub_id": recipe["model"]["hub_id"],
+            "served_name": recipe["model"]["served_name"],
+            "script": {
+                "preamble": profile["preamble"], "script_vars": bool(profile["script_vars"]),
+                "env": env, "serve_args": serve_args,
+            },
+            "launcher": {
+                "python": recipe["launcher"]["python"], "script": recipe["launcher"]["script"],
+                "args": launcher_args,
+            },
+            "is_proxy": bool(proxy and host == proxy["host"]),
+        }
+        entry["files"] = (
+            ["serve.sh"] if b["role"] == "single" else ["run_dp_template.sh", "launch.sh"]
+        ) + (["proxy.sh"] if entry["is_proxy"] else [])
+        for pair in serve_args:
+            if pair[0] == "--served-model-name" and pair[1]:
+                entry["served_name"] = shlex.split(pair[1])[0]
+        plan["hosts"][host] = entry
+        _check_serve(host, entry, spec, rep)
+
+    for host, ports in bound.items():
+        by_port: dict[int, str] = {}
+        for port, purpose in ports:
+            if not _is_int(port) or not 0 < port < 65536:
+                rep.error(f"host {host}: {purpose} = {port!r}; expected a port number 1..65535")
+                continue
+            if port in by_port:
+                rep.error(
+                    f"host {host}: port {port} is both the {by_port[port]} and the {purpose}; "
+                    "move one (fleet_vllm_start_port, fleet_kv_port / fleet_kv_port_base, "
+                    "fleet_dp_rpc_port, fleet_proxy_port)"
+                )
+            by_port[port] = purpose
+        plan["hosts"].get(host, {})["bound_ports"] = sorted(by_port)
+
+    # ---- proxy lists and entry point ---------------------------------------------------
+    if proxy and not rep.errors:
+        for inst in instances:
+            for host in inst["nodes"]:
+                for r in plan["hosts"][host]["ranks"]:
+                    proxy[inst["role"]].append([plan["hosts"][host]["node_ip"], r["api_port"]])
+        plan["proxy"] = proxy
+        plan["entrypoint"] = {"host": proxy["host"], "address": proxy["address"], "port": proxy["port"]}
+        if proxy["host"] in plan["hosts"]:
+            plan["hosts"][proxy["host"]]["proxy"] = proxy
+    elif not pd and plan["hosts"]:
+        first = next(iter(plan["hosts"].values()))
+        plan["entrypoint"] = {"host": first["host"], "address": first["node_ip"], "port": first["api_ports"][0]}
+
+    plan["instances"] = [
+        {k: v for k, v in i.items() if k != "key"} for i in instances
+    ]
+    _warn_risky(plan, recipe, rep)
+    plan["errors"] = rep.errors
+    plan["warnings"] = rep.warnings
+    return plan
+
+
+def serve_argv(entry: dict[str, Any]) -> list[str]:
+    """The argv ``vllm serve`` gets on the host's first rank (launcher positionals filled in)."""
+    rank = entry["ranks"][0]
+    positional = {
+        "1": rank["devices"], "2": str(rank["api_port"]), "3": str(entry["dp_size"]),
+        "4": str(rank["dp_rank"]), "5": str(entry["dp_address"]), "6": str(entry["dp_rpc_port"]),
+        "7": str(entry["tp_size"]),
+    }
+    text = " ".join(
+        flag if value is None else f"{flag} {value}" for flag, value in entry["script"]["serve_args"]
+    )
+    text = re.sub(r"\$(\d)", lambda m: shlex.quote(positional.get(m.group(1), m.group(0))), text)
+    return [entry["model_path"], *shlex.split(text)]
+
+
+def _check_serve(host: str, entry: dict[str, Any], spec: FlagSpec, rep: Report) -> None:
+    """Validate the host's vllm serve command with vLLM's own flag table, plus PD rules."""
+    try:
+        cmd = parse_serve_argv(serve_argv(entry), spec)
+    except ServeFlagError as exc:
+        rep.error(
+            f"host {host}: vllm serve command rejected: {exc}; check fleet_serve_overrides "
+            f"(or recipe profile {entry['profile']})"
+        )
+        return
+    extra = cmd.values.get("additional_config")
+    if isinstance(extra, dict) and extra.get("recompute_scheduler_enable"):
+        if entry["role"] != "decode":
+            rep.error(
+                f"host {host}: recompute_scheduler_enable is set in --additional-config on a "
+                f"{entry['role']} node; it is valid only on decode nodes (kv_consumer) and "
+                "corrupts accuracy elsewhere (remove it via fleet_serve_overrides)"
+            )
+    kv_cfg = cmd.values.get("kv_transfer_config")
+    if entry["role"] != "single":
+        if not isinstance(kv_cfg, dict):
+            rep.error(f"host {host}: the {entry['role']} serve command has no --kv-transfer-config")
+            return
+        extra_cfg = kv_cfg.get("kv_connector_extra_config")
+        if extra_cfg != entry["kv_extra_config"]:
+            rep.error(
+                f"host {host}: kv_connector_extra_config {json.dumps(extra_cfg)} does not match "
+                f"the real instance sizes {json.dumps(entry['kv_extra_config'])}"
+            )
+        want_role = "kv_producer" if entry["role"] == "prefill" else "kv_consumer"
+        if kv_cfg.get("kv_role") != want_role:
+            rep.error(f"host {host}: kv_role {kv_cfg.get('kv_role')!r} on a {entry['role']} node; expected {want_role}")
+
+
+def _warn_risky(plan: dict[str, Any], recipe: dict[str, Any], rep: Report) -> None:
+    """Tutorial values that are known to bite: kept as defaults, flagged with the fix."""
+    reserved = recipe["kv"].get("reserved_base")
+    for host, entry in plan["hosts"].items():
+        if reserved is not None and entry["kv_ports"]:
+            top = reserved + entry["device_count"] * 1000
+            inside = [p for p in entry["kv_ports"] if reserved <= p < top]
+            if inside:
+                rep.warn(
+                    f"host {host}: kv ports {inside[0]}..{inside[-1]} lie inside Mooncake's "
+                    f"AscendDirectTransport range [{reserved}, {top}) for {entry['device_count']} "
+                    f"devices (tutorial value; random collisions give 'Address already in use'); "
+                    f"fix: fleet_kv_port_base: {top}"
+                )
+        names = {p[0] for p in entry["script"]["env"]}
+        if "VLLM_ENGINE_READY_TIMEOUT_S" not in names:
+            rep.warn(
+                "VLLM_ENGINE_READY_TIMEOUT_S is not set (as in the tutorial): vLLM gives engines "
+                "600 s to start, and loading ~0.3 TB of weights can take longer ('Timed out "
+                "waiting for engines'); fix: fleet_engine_ready_timeout_s: 1800"
+            )
