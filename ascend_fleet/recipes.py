@@ -79,9 +79,7 @@ def _resolve_profile(raw: dict[str, Any], name: str, chain: list[str]) -> dict[s
     merged = {**base, **{k: v for k, v in own.items() if k not in ("serve_set", "serve_unset")}}
     merged["env"] = _flatten_pairs(own.get("env", base.get("env", [])))
     serve = _flatten_pairs(own.get("serve", base.get("serve", [])))
-    merged["serve"] = apply_serve_changes(
-        serve, own.get("serve_set") or {}, own.get("serve_unset") or []
-    )
+    merged["serve"] = apply_serve_changes(serve, own.get("serve_set") or {}, own.get("serve_unset") or [])
     merged.setdefault("preamble", [])
     merged.setdefault("script_vars", False)
     merged["name"] = name
@@ -91,9 +89,7 @@ def _resolve_profile(raw: dict[str, Any], name: str, chain: list[str]) -> dict[s
     return merged
 
 
-def apply_serve_changes(
-    serve: list[list[Any]], set_: dict[str, Any], unset: list[str]
-) -> list[list[Any]]:
+def apply_serve_changes(serve: list[list[Any]], set_: dict[str, Any], unset: list[str]) -> list[list[Any]]:
     """Replace flags in place (append new ones); ``None`` as a value or ``unset`` removes."""
     out = [list(pair) for pair in serve]
     for flag, value in set_.items():

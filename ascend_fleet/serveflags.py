@@ -78,8 +78,7 @@ class FlagSpec:
         src = Path(path) if path else DATA_DIR / f"vllm-{version}-serve-flags.json"
         if not src.is_file():
             raise FileNotFoundError(
-                f"no flag table for vLLM {version}: {src} is missing "
-                "(dump it from the vLLM parser of that version)"
+                f"no flag table for vLLM {version}: {src} is missing (dump it from the vLLM parser of that version)"
             )
         return cls(json.loads(src.read_text()))
 
@@ -115,7 +114,7 @@ def _json(flag: Flag, option: str, text: str, require_object: bool) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ServeFlagError(f"{option}: invalid JSON ({exc.msg} at char {exc.pos}): {text!r}")
+        raise ServeFlagError(f"{option}: invalid JSON ({exc.msg} at char {exc.pos}): {text!r}") from None
     if require_object and not isinstance(value, dict):
         raise ServeFlagError(f"{option}: expected a JSON object, got {type(value).__name__}")
     return value
@@ -150,9 +149,7 @@ def convert(flag: Flag, option: str, text: str) -> Any:
             raise
         raise ServeFlagError(f"{option}: invalid {kind} value {text!r}") from None
     if flag.choices is not None and text not in flag.choices and value not in flag.choices:
-        raise ServeFlagError(
-            f"{option}: invalid choice {text!r} (choose from {', '.join(flag.choices)})"
-        )
+        raise ServeFlagError(f"{option}: invalid choice {text!r} (choose from {', '.join(flag.choices)})")
     return value
 
 
@@ -174,7 +171,7 @@ def parse_serve_argv(argv: list[str], spec: FlagSpec) -> ServeCommand:
                 cmd.model = token
                 continue
             raise ServeFlagError(f"unexpected positional argument {token!r}")
-        option, inline = (token.split("=", 1) + [None])[:2] if "=" in token else (token, None)
+        option, inline = ([*token.split("=", 1), None])[:2] if "=" in token else (token, None)
         found = spec.lookup(option)
         if found is None:
             raise ServeFlagError(f"unknown flag {option!r} for vllm serve (vLLM {spec.version})")
@@ -182,8 +179,7 @@ def parse_serve_argv(argv: list[str], spec: FlagSpec) -> ServeCommand:
         canonical = spec.canonical(flag)
         if flag.dest in seen and flag.action != "_AppendAction":
             raise ServeFlagError(
-                f"{option}: given twice (first as {seen[flag.dest]}); vLLM would silently "
-                "keep only the last value"
+                f"{option}: given twice (first as {seen[flag.dest]}); vLLM would silently keep only the last value"
             )
         seen[flag.dest] = option
         if flag.action == "_HelpAction":

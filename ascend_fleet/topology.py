@@ -68,11 +68,18 @@ FLEET_VARS: dict[str, tuple[type, ...]] = {
     "fleet_config_dir": (str,),
     "fleet_container_prefix": (str,),
     "fleet_allow_placeholder_addresses": (bool,),
+    "fleet_render_dir": (str,),
 }
 # Instance-level values: every host of one instance must agree on them.
 INSTANCE_VARS = (
-    "fleet_engine_id", "fleet_kv_port", "fleet_dp_size", "fleet_tp_size", "fleet_dp_address",
-    "fleet_dp_rpc_port", "fleet_kv_extra_config", "fleet_profile",
+    "fleet_engine_id",
+    "fleet_kv_port",
+    "fleet_dp_size",
+    "fleet_tp_size",
+    "fleet_dp_address",
+    "fleet_dp_rpc_port",
+    "fleet_kv_extra_config",
+    "fleet_profile",
 )
 
 
@@ -90,6 +97,25 @@ class Report:
             self.warnings.append(msg)
 
 
+def _typename(value: Any) -> str:
+    for kind, name in (
+        (bool, "boolean"),
+        (int, "integer"),
+        (float, "number"),
+        (str, "string"),
+        (dict, "mapping"),
+        (list, "list"),
+    ):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def _plain(value: Any) -> Any:
+    """Ansible hands over tagged str subclasses: show them as plain values."""
+    return str(value) if isinstance(value, str) else value
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -97,31 +123,26 @@ def _is_int(value: Any) -> bool:
 def check_types(host: str, hv: dict[str, Any], bool_vars: set[str], rep: Report) -> None:
     """Type-check fleet_* variables and every boolean role option a host sets."""
     for name, value in hv.items():
-        if name in bool_vars and not isinstance(value, bool):
+        if name in bool_vars and not name.startswith("fleet_") and not isinstance(value, bool):
             rep.error(
-                f"host {host}: {name} = {value!r} ({type(value).__name__}); expected a "
+                f"host {host}: {name} = {_plain(value)!r} ({_typename(value)}); expected a "
                 f"boolean (true/false, unquoted in YAML; with -e use JSON: -e '{{\"{name}\": true}}')"
             )
         if not name.startswith("fleet_"):
             continue
         if name not in FLEET_VARS:
-            rep.warn(f"host {host}: unknown variable {name} (typo? it is ignored)")
+            rep.warn(f"unknown variable {name} (typo? it is ignored)")
             continue
         types = FLEET_VARS[name]
-        ok = isinstance(value, types) and not (
-            isinstance(value, bool) and bool not in types
-        )
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if not ok:
-            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            expected = " or ".join(_typename(t()) if t is not type(None) else "null" for t in types)
             hint = ""
             if bool in types and isinstance(value, str):
                 hint = " (a boolean given as a string: write true/false unquoted)"
             elif int in types and isinstance(value, str) and value.strip().isdigit():
                 hint = " (a number given as a string: write it unquoted)"
-            rep.error(
-                f"host {host}: {name} = {value!r} is a {type(value).__name__}; "
-                f"expected {expected}{hint}"
-            )
+            rep.error(f"host {host}: {name} = {_plain(value)!r} is a {_typename(value)}; expected {expected}{hint}")
 
 
 def _address_problem(value: str, allow_placeholders: bool) -> str | None:
@@ -180,9 +201,7 @@ def build_plan(
     """Compute and validate the plan. ``mode`` is "render" (placeholders allowed) or "deploy"."""
     rep = Report()
     plan: dict[str, Any] = {"mode": mode, "hosts": {}, "instances": [], "proxy": None}
-    bool_vars = set(bool_vars or ()) | {
-        k for k, t in FLEET_VARS.items() if t == (bool,)
-    }
+    bool_vars = set(bool_vars or ()) | {k for k, t in FLEET_VARS.items() if t == (bool,)}
 
     for host, hv in hosts.items():
         check_types(host, hv, bool_vars, rep)
@@ -255,7 +274,10 @@ def build_plan(
         allow_ph = var(host, "fleet_allow_placeholder_addresses", allow_ph_default)
         conn = var(host, "ansible_host", host)
         node_ip = var(host, "fleet_node_ip", conn)
-        for label, value in (("ansible_host", conn), ("fleet_node_ip", node_ip)):
+        checks = [("ansible_host", conn)]
+        if hosts[host].get("fleet_node_ip") is not None:
+            checks.append(("fleet_node_ip", node_ip))
+        for label, value in checks:
             problem = _address_problem(str(value), allow_ph)
             if problem:
                 rep.error(
@@ -308,9 +330,15 @@ def build_plan(
             )
             continue
         basics[host] = {
-            "host": host, "role": role, "hw_kind": hw, "profile": profile_name,
-            "device_count": recipe["hardware"][hw]["devices"], "node_ip": str(node_ip),
-            "connect_address": str(conn), "nic_name": nic, "instance": f"{role}:{instance}",
+            "host": host,
+            "role": role,
+            "hw_kind": hw,
+            "profile": profile_name,
+            "device_count": recipe["hardware"][hw]["devices"],
+            "node_ip": str(node_ip),
+            "connect_address": str(conn),
+            "nic_name": nic,
+            "instance": f"{role}:{instance}",
             "instance_name": str(instance),
         }
 
@@ -335,11 +363,12 @@ def build_plan(
 
     for key in order:
         for name in INSTANCE_VARS:
-            seen = {repr(hosts[h].get(name)) for h in nodes_of[key] if hosts[h].get(name) is not None}
+            seen = {repr(_plain(hosts[h].get(name))) for h in nodes_of[key]}
             if len(seen) > 1:
                 rep.error(
                     f"instance {key.split(':', 1)[1]}: {name} differs between its hosts "
-                    f"({', '.join(sorted(seen))}); set it once for the whole instance"
+                    f"({', '.join(sorted(seen)).replace('None', 'unset')}); set it once for the whole "
+                    "instance (e.g. as a group variable), not on some of its hosts"
                 )
 
     engine_ids: dict[int, str] = {}
@@ -353,8 +382,13 @@ def build_plan(
         profile = recipe["profiles"][basics[first]["profile"]]
         tp = var(first, "fleet_tp_size", profile["tp_size"])
         inst: dict[str, Any] = {
-            "name": basics[first]["instance_name"], "key": key, "role": role, "nodes": nodes,
-            "tp_size": tp, "profile": profile["name"], "kv_role": profile.get("kv_role"),
+            "name": basics[first]["instance_name"],
+            "key": key,
+            "role": role,
+            "nodes": nodes,
+            "tp_size": tp,
+            "profile": profile["name"],
+            "kv_role": profile.get("kv_role"),
         }
         # DP ranks: nodes in inventory order; each node's start defaults to the running sum.
         cursor = 0
@@ -388,15 +422,15 @@ def build_plan(
             rep.error(
                 f"instance {inst['name']}: DP ranks must cover [0, {dp_size}) exactly once; "
                 f"missing {missing or 'none'}, outside {extra or 'none'} (nodes: "
-                + ", ".join(
-                    f"{h} {basics[h]['dp_rank_start']}..+{basics[h]['dp_size_local']}" for h in nodes
-                )
+                + ", ".join(f"{h} {basics[h]['dp_rank_start']}..+{basics[h]['dp_size_local']}" for h in nodes)
                 + "); fix fleet_dp_size / fleet_dp_rank_start / fleet_dp_size_local"
             )
         master = next((h for h in nodes if basics[h]["dp_rank_start"] == 0), first)
         inst["master"] = master
         inst["dp_address"] = var(first, "fleet_dp_address", basics[master]["node_ip"])
-        problem = _address_problem(str(inst["dp_address"]), mode == "render")
+        problem = hosts[first].get("fleet_dp_address") is not None and _address_problem(
+            str(inst["dp_address"]), mode == "render"
+        )
         if problem:
             rep.error(f"instance {inst['name']}: fleet_dp_address = {inst['dp_address']!r} is {problem}")
         inst["dp_rpc_port"] = var(first, "fleet_dp_rpc_port", recipe["launcher"]["dp_rpc_port"])
@@ -438,14 +472,19 @@ def build_plan(
         proxy_host = proxy_hosts[0] if proxy_hosts else prefills[0]["master"]
         if len(proxy_hosts) > 1:
             rep.error(f"group proxy: {len(proxy_hosts)} hosts ({', '.join(proxy_hosts)}); expected one")
-        proxy_ip = basics[proxy_host]["node_ip"] if proxy_host in basics else str(
-            var(proxy_host, "fleet_node_ip", var(proxy_host, "ansible_host", proxy_host))
+        proxy_ip = (
+            basics[proxy_host]["node_ip"]
+            if proxy_host in basics
+            else str(var(proxy_host, "fleet_node_ip", var(proxy_host, "ansible_host", proxy_host)))
         )
         proxy = {
-            "host": proxy_host, "address": proxy_ip,
+            "host": proxy_host,
+            "address": proxy_ip,
             "port": var(proxy_host, "fleet_proxy_port", recipe["proxy"]["port"]),
-            "script": recipe["proxy"]["script"], "python": recipe["launcher"]["python"],
-            "prefill": [], "decode": [],
+            "script": recipe["proxy"]["script"],
+            "python": recipe["launcher"]["python"],
+            "prefill": [],
+            "decode": [],
         }
 
     # ---- per host: ranks, ports, script ------------------------------------------------
@@ -474,13 +513,14 @@ def build_plan(
                 rank["api_port"] = api_port
             else:
                 rank["api_port"] = start_port + i
-                rank["kv_ports"] = [
-                    inst["kv_port"] + (start + i) * tp + t for t in range(tp)
-                ] if _is_int(inst.get("kv_port")) else []
+                rank["kv_ports"] = (
+                    [inst["kv_port"] + (start + i) * tp + t for t in range(tp)] if _is_int(inst.get("kv_port")) else []
+                )
             ranks.append(rank)
         if b["role"] == "single":
-            ranks = [{"local": 0, "dp_rank": 0, "api_port": api_port,
-                      "devices": ",".join(str(d) for d in range(tp * local))}]
+            ranks = [
+                {"local": 0, "dp_rank": 0, "api_port": api_port, "devices": ",".join(str(d) for d in range(tp * local))}
+            ]
         # device list sanity
         if devices_override is not None:
             if len(devices_override) != local:
@@ -533,13 +573,17 @@ def build_plan(
                         "or fix the instance sizes"
                     )
             kv_cfg = {
-                "kv_connector": kv["connector"], "kv_role": profile["kv_role"],
-                "kv_port": str(inst["kv_port"]), "engine_id": str(inst["engine_id"]),
+                "kv_connector": kv["connector"],
+                "kv_role": profile["kv_role"],
+                "kv_port": str(inst["kv_port"]),
+                "engine_id": str(inst["engine_id"]),
                 "kv_connector_extra_config": extra,
             }
         serve = apply_serve_changes(profile["serve"], var(host, "fleet_serve_overrides", {}), [])
         markers = {
-            "@tp_size@": tp, "@dp_size@": inst["dp_size"], "@api_port@": api_port,
+            "@tp_size@": tp,
+            "@dp_size@": inst["dp_size"],
+            "@api_port@": api_port,
             "@kv_transfer_config@": kv_cfg,
         }
         serve_args = []
@@ -565,42 +609,58 @@ def build_plan(
                 env = [p for i, p in enumerate(env) if p[0] != name or i == idx]
 
         model_path = var(host, "fleet_model_path", recipe["model"]["path"])
-        image = var(host, "fleet_image", "{}:{}{}".format(
-            image_repo, recipe["image"]["tag"], recipe["image"]["tag_suffix"].get(b["hw_kind"], "")
-        ))
+        image = var(
+            host,
+            "fleet_image",
+            "{}:{}{}".format(image_repo, recipe["image"]["tag"], recipe["image"]["tag_suffix"].get(b["hw_kind"], "")),
+        )
         launcher_args = None
         if b["role"] != "single":
             launcher_args = [
-                ["--dp-size", inst["dp_size"]], ["--tp-size", tp], ["--dp-size-local", local],
-                ["--dp-rank-start", start], ["--dp-address", inst["dp_address"]],
-                ["--dp-rpc-port", inst["dp_rpc_port"]], ["--vllm-start-port", start_port],
+                ["--dp-size", inst["dp_size"]],
+                ["--tp-size", tp],
+                ["--dp-size-local", local],
+                ["--dp-rank-start", start],
+                ["--dp-address", inst["dp_address"]],
+                ["--dp-rpc-port", inst["dp_rpc_port"]],
+                ["--vllm-start-port", start_port],
             ]
         entry = {
             **b,
             "instance": inst["name"],
-            "tp_size": tp, "dp_size": inst["dp_size"], "dp_address": inst["dp_address"],
-            "dp_rpc_port": inst["dp_rpc_port"], "is_dp_master": host == inst["master"],
+            "tp_size": tp,
+            "dp_size": inst["dp_size"],
+            "dp_address": inst["dp_address"],
+            "dp_rpc_port": inst["dp_rpc_port"],
+            "is_dp_master": host == inst["master"],
             "vllm_start_port": start_port if b["role"] != "single" else api_port,
-            "engine_id": inst.get("engine_id"), "kv_role": profile.get("kv_role"),
+            "engine_id": inst.get("engine_id"),
+            "kv_role": profile.get("kv_role"),
             "kv_port": inst.get("kv_port"),
             "kv_ports": sorted(p for r in ranks for p in r.get("kv_ports", [])),
             "kv_extra_config": kv_cfg["kv_connector_extra_config"] if kv_cfg else None,
-            "ranks": ranks, "api_ports": [r["api_port"] for r in ranks],
-            "image": image, "model_path": model_path, "model_hub_id": recipe["model"]["hub_id"],
+            "ranks": ranks,
+            "api_ports": [r["api_port"] for r in ranks],
+            "image": image,
+            "model_path": model_path,
+            "model_hub_id": recipe["model"]["hub_id"],
             "served_name": recipe["model"]["served_name"],
             "script": {
-                "preamble": profile["preamble"], "script_vars": bool(profile["script_vars"]),
-                "env": env, "serve_args": serve_args,
+                "preamble": profile["preamble"],
+                "script_vars": bool(profile["script_vars"]),
+                "env": env,
+                "serve_args": serve_args,
             },
             "launcher": {
-                "python": recipe["launcher"]["python"], "script": recipe["launcher"]["script"],
+                "python": recipe["launcher"]["python"],
+                "script": recipe["launcher"]["script"],
                 "args": launcher_args,
             },
             "is_proxy": bool(proxy and host == proxy["host"]),
         }
-        entry["files"] = (
-            ["serve.sh"] if b["role"] == "single" else ["run_dp_template.sh", "launch.sh"]
-        ) + (["proxy.sh"] if entry["is_proxy"] else [])
+        entry["files"] = (["serve.sh"] if b["role"] == "single" else ["run_dp_template.sh", "launch.sh"]) + (
+            ["proxy.sh"] if entry["is_proxy"] else []
+        )
         for pair in serve_args:
             if pair[0] == "--served-model-name" and pair[1]:
                 entry["served_name"] = shlex.split(pair[1])[0]
@@ -609,17 +669,23 @@ def build_plan(
 
     for host, ports in bound.items():
         by_port: dict[int, str] = {}
+        clashes: list[str] = []
         for port, purpose in ports:
             if not _is_int(port) or not 0 < port < 65536:
                 rep.error(f"host {host}: {purpose} = {port!r}; expected a port number 1..65535")
                 continue
             if port in by_port:
-                rep.error(
-                    f"host {host}: port {port} is both the {by_port[port]} and the {purpose}; "
-                    "move one (fleet_vllm_start_port, fleet_kv_port / fleet_kv_port_base, "
-                    "fleet_dp_rpc_port, fleet_proxy_port)"
-                )
+                clashes.append(f"port {port} is both the {by_port[port]} and the {purpose}")
             by_port[port] = purpose
+        if clashes:
+            more = f" (and {len(clashes) - 3} more)" if len(clashes) > 3 else ""
+            rep.error(
+                f"host {host}: {len(clashes)} port clash{'es' if len(clashes) > 1 else ''}: "
+                + "; ".join(clashes[:3])
+                + more
+                + "; move one range (fleet_vllm_start_port, "
+                "fleet_kv_port / fleet_kv_port_base, fleet_dp_rpc_port, fleet_proxy_port)"
+            )
         plan["hosts"].get(host, {})["bound_ports"] = sorted(by_port)
 
     # ---- proxy lists and entry point ---------------------------------------------------
@@ -636,9 +702,7 @@ def build_plan(
         first = next(iter(plan["hosts"].values()))
         plan["entrypoint"] = {"host": first["host"], "address": first["node_ip"], "port": first["api_ports"][0]}
 
-    plan["instances"] = [
-        {k: v for k, v in i.items() if k != "key"} for i in instances
-    ]
+    plan["instances"] = [{k: v for k, v in i.items() if k != "key"} for i in instances]
     _warn_risky(plan, recipe, rep)
     plan["errors"] = rep.errors
     plan["warnings"] = rep.warnings
@@ -649,13 +713,15 @@ def serve_argv(entry: dict[str, Any]) -> list[str]:
     """The argv ``vllm serve`` gets on the host's first rank (launcher positionals filled in)."""
     rank = entry["ranks"][0]
     positional = {
-        "1": rank["devices"], "2": str(rank["api_port"]), "3": str(entry["dp_size"]),
-        "4": str(rank["dp_rank"]), "5": str(entry["dp_address"]), "6": str(entry["dp_rpc_port"]),
+        "1": rank["devices"],
+        "2": str(rank["api_port"]),
+        "3": str(entry["dp_size"]),
+        "4": str(rank["dp_rank"]),
+        "5": str(entry["dp_address"]),
+        "6": str(entry["dp_rpc_port"]),
         "7": str(entry["tp_size"]),
     }
-    text = " ".join(
-        flag if value is None else f"{flag} {value}" for flag, value in entry["script"]["serve_args"]
-    )
+    text = " ".join(flag if value is None else f"{flag} {value}" for flag, value in entry["script"]["serve_args"])
     text = re.sub(r"\$(\d)", lambda m: shlex.quote(positional.get(m.group(1), m.group(0))), text)
     return [entry["model_path"], *shlex.split(text)]
 
@@ -671,13 +737,12 @@ def _check_serve(host: str, entry: dict[str, Any], spec: FlagSpec, rep: Report) 
         )
         return
     extra = cmd.values.get("additional_config")
-    if isinstance(extra, dict) and extra.get("recompute_scheduler_enable"):
-        if entry["role"] != "decode":
-            rep.error(
-                f"host {host}: recompute_scheduler_enable is set in --additional-config on a "
-                f"{entry['role']} node; it is valid only on decode nodes (kv_consumer) and "
-                "corrupts accuracy elsewhere (remove it via fleet_serve_overrides)"
-            )
+    if isinstance(extra, dict) and extra.get("recompute_scheduler_enable") and entry["role"] != "decode":
+        rep.error(
+            f"host {host}: recompute_scheduler_enable is set in --additional-config on a "
+            f"{entry['role']} node; it is valid only on decode nodes (kv_consumer) and "
+            "corrupts accuracy elsewhere (remove it via fleet_serve_overrides)"
+        )
     kv_cfg = cmd.values.get("kv_transfer_config")
     if entry["role"] != "single":
         if not isinstance(kv_cfg, dict):

@@ -1,0 +1,76 @@
+"""Action plugin ``fleet_plan``: compute and validate the deployment plan on the controller.
+
+Runs on the controller only and contacts no host: it reads the inventory (every host's
+variables and the groups), hands them to the topology engine (``ascend_fleet.topology``)
+and returns the plan. With errors it fails, listing every one (host or group, value found,
+value expected, variable to change). Warnings (risky tutorial values kept as defaults) are
+printed as Ansible warnings.
+
+Options:
+  mode: render (placeholder addresses allowed) or deploy (refused).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import yaml  # noqa: E402  (after the sys.path set-up that makes ascend_fleet importable)
+
+from ascend_fleet.topology import FLEET_VARS, build_plan  # noqa: E402  (same reason)
+
+display = Display()
+
+
+def role_bool_options() -> set[str]:
+    """Every boolean option declared in the roles' meta/argument_specs.yml."""
+    names: set[str] = set()
+    for spec_file in sorted((REPO_ROOT / "roles").glob("*/meta/argument_specs.yml")):
+        data = yaml.safe_load(spec_file.read_text()) or {}
+        for entry in (data.get("argument_specs") or {}).values():
+            for name, opt in (entry.get("options") or {}).items():
+                if (opt or {}).get("type") == "bool":
+                    names.add(name)
+    return names
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(("mode",))
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        mode = self._task.args.get("mode", "deploy")
+        if mode not in ("render", "deploy"):
+            raise AnsibleActionFail(f"fleet_plan: mode must be render or deploy, got {mode!r}")
+        hostvars = task_vars["hostvars"]
+        groups = {name: list(hosts) for name, hosts in task_vars["groups"].items()}
+        bool_vars = role_bool_options()
+        wanted = set(FLEET_VARS) | bool_vars | {"ansible_host"}
+        hosts = {}
+        for host in groups.get("all", []):
+            hv = hostvars[host]
+            keys = [k for k in hv if k in wanted or k.startswith("fleet_")]
+            hosts[host] = {k: hv[k] for k in keys}
+        plan = build_plan(hosts, groups, mode=mode, bool_vars=bool_vars)
+        for warning in plan["warnings"]:
+            display.warning(f"fleet: {warning}")
+        result["changed"] = False
+        if not plan["errors"]:
+            result["plan"] = plan
+        else:
+            result["failed"] = True
+            result["msg"] = (
+                f"inventory validation failed ({len(plan['errors'])} problem"
+                f"{'s' if len(plan['errors']) != 1 else ''}); nothing was touched:\n- " + "\n- ".join(plan["errors"])
+            )
+        return result

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install everything ascend-fleet and its lab need, from nothing. Safe to re-run.
+#   - Debian packages: Docker Engine, the registry, debootstrap, ssh client, iproute2
+#   - a Python venv in .venv with the pinned controller tools (requirements.txt)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pkg in docker.io docker-registry debootstrap openssh-client iproute2 iputils-ping rsync; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if ((${#need_apt[@]})); then
+    echo "setup: installing ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    python3 -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: installing Python requirements"
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+    echo "$want" > "$stamp"
+fi
+echo "setup: ready ($(.venv/bin/ansible --version | head -1))"

@@ -1,0 +1,53 @@
+"""Shared fixtures: the repository root, and renders of the shipped inventories."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOPOLOGIES = ["a2-single", "a3-single", "a3-1p1d", "a2-4p4d", "a2-1m-4p4d"]
+
+
+def ansible_bin(name: str) -> str:
+    """The ansible-* executable next to this Python (the venv), else on PATH."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    assert found, f"{name} not found: install the project's requirements (see README)"
+    return found
+
+
+def run_playbook(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [ansible_bin("ansible-playbook"), *args]
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1", **(env or {})},
+    )
+    if check:
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory) -> dict[str, Path]:
+    """Render every shipped inventory once, by its bare name, with playbooks/render.yml."""
+    out = {}
+    for name in TOPOLOGIES:
+        target = tmp_path_factory.mktemp(f"render-{name}")
+        run_playbook("playbooks/render.yml", "-i", name, "-e", f"fleet_render_dir={target}")
+        out[name] = target
+    return out
+
+
+def load_plan(render_dir: Path) -> dict:
+    return json.loads((render_dir / "plan.json").read_text())
