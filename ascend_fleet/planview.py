@@ -88,7 +88,7 @@ COLORS = {"prefill": "#dbeafe", "decode": "#dcfce7", "single": "#fef9c3", "proxy
 
 def plan_svg(plan: dict[str, Any]) -> str:
     """An SVG of the layout: proxy on top, P instances left, D instances right, nodes inside."""
-    node_w, node_h, gap, pad = 230, 64, 14, 16
+    node_w, node_h, gap, pad = 280, 64, 14, 16
     columns: dict[str, list[dict[str, Any]]] = {"prefill": [], "decode": [], "single": []}
     for inst in plan["instances"]:
         columns[inst["role"]].append(inst)
@@ -97,8 +97,8 @@ def plan_svg(plan: dict[str, Any]) -> str:
     top = 110 if plan.get("proxy") else 50
     heights = []
     for c in cols:
-        heights.append(sum(len(i["nodes"]) * (node_h + gap) + 44 + gap for i in columns[c]))
-    width = max(len(cols) * (col_w + 40) + 40, 420)
+        heights.append(sum(len(i["nodes"]) * (node_h + gap) + 60 + gap for i in columns[c]))
+    width = max(len(cols) * (col_w + 60) + 40, 420)
     height = top + max(heights or [0]) + 30
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -107,29 +107,35 @@ def plan_svg(plan: dict[str, Any]) -> str:
         f'<text x="20" y="24" font-size="16" font-weight="bold">'
         f"{escape(str(plan.get('topology') or 'plan'))}: {escape(str(plan.get('recipe')))}</text>",
     ]
-    anchors: list[tuple[float, float]] = []
+    bus: list[tuple[float, list[float]]] = []  # per column: x of the bus, y of each instance
+    boxes: list[str] = []
     for ci, c in enumerate(cols):
-        x = 40 + ci * (col_w + 40)
+        x = 60 + ci * (col_w + 60)
         y = top
-        out.append(f'<text x="{x}" y="{y - 8}" font-weight="bold">{c}</text>')
+        boxes.append(f'<text x="{x}" y="{y - 8}" font-weight="bold">{c}</text>')
+        ticks: list[float] = []
         for inst in columns[c]:
-            box_h = len(inst["nodes"]) * (node_h + gap) + 44
-            label = f"{inst['name']}: DP{inst['dp_size']} x TP{inst['tp_size']}"
-            if "engine_id" in inst:
-                label += f", engine {inst['engine_id']}, kv {inst['kv_port']}"
-            out.append(
+            box_h = len(inst["nodes"]) * (node_h + gap) + 60
+            title = f"{inst['name']}: DP{inst['dp_size']} x TP{inst['tp_size']}"
+            sub = (
+                f"engine_id {inst['engine_id']}, kv ports {inst['kv_port_range'][0]}-{inst['kv_port_range'][1]}"
+                if "engine_id" in inst
+                else "single node, PD in one engine"
+            )
+            boxes.append(
                 f'<rect x="{x}" y="{y}" width="{col_w}" height="{box_h}" rx="8" fill="{COLORS[c]}" stroke="#334155"/>'
             )
-            out.append(f'<text x="{x + pad}" y="{y + 20}" font-weight="bold">{escape(label)}</text>')
-            anchors.append((x + col_w / 2, y))
-            ny = y + 32
+            boxes.append(f'<text x="{x + pad}" y="{y + 20}" font-weight="bold">{escape(title)}</text>')
+            boxes.append(f'<text x="{x + pad}" y="{y + 36}">{escape(sub)}</text>')
+            ticks.append(y + 20)
+            ny = y + 48
             for host in inst["nodes"]:
                 h = plan["hosts"].get(host)
                 if not h:
                     continue
                 ranks = [r["dp_rank"] for r in h["ranks"]]
                 master = " (DP master)" if h["is_dp_master"] and c != "single" else ""
-                out.append(
+                boxes.append(
                     f'<rect x="{x + pad}" y="{ny}" width="{node_w}" height="{node_h}" rx="4" '
                     f'fill="white" stroke="#64748b"/>'
                 )
@@ -140,20 +146,24 @@ def plan_svg(plan: dict[str, Any]) -> str:
                     f"API {_span(h['api_ports'])}" + (f", kv {_span(h['kv_ports'])}" if h["kv_ports"] else ""),
                 ]
                 for li, text in enumerate(lines):
-                    out.append(f'<text x="{x + pad + 8}" y="{ny + 18 + li * 16}">{escape(text)}</text>')
+                    boxes.append(f'<text x="{x + pad + 8}" y="{ny + 18 + li * 16}">{escape(text)}</text>')
                 ny += node_h + gap
             y += box_h + gap
+        bus.append((x - 20, ticks))
     proxy = plan.get("proxy")
     if proxy:
-        px, py, pw = width / 2 - 150, 40, 300
+        px, py, pw = width / 2 - 170, 40, 340
+        line = 'stroke="#475569" stroke-dasharray="4 3"'
+        for bx, ticks in bus:
+            out.append(f'<line x1="{width / 2}" y1="{py + 40}" x2="{bx}" y2="{top - 24}" {line}/>')
+            out.append(f'<line x1="{bx}" y1="{top - 24}" x2="{bx}" y2="{ticks[-1]}" {line}/>')
+            for ty in ticks:
+                out.append(f'<line x1="{bx}" y1="{ty}" x2="{bx + 20}" y2="{ty}" {line}/>')
         out.append(
             f'<rect x="{px}" y="{py}" width="{pw}" height="40" rx="8" fill="{COLORS["proxy"]}" stroke="#334155"/>'
         )
         label = f"proxy {proxy['address']}:{proxy['port']} on {proxy['host']}"
         out.append(f'<text x="{px + 12}" y="{py + 24}">{escape(label)}</text>')
-        for ax, ay in anchors:
-            out.append(
-                f'<line x1="{width / 2}" y1="{py + 40}" x2="{ax}" y2="{ay}" stroke="#475569" stroke-dasharray="4 3"/>'
-            )
+    out.extend(boxes)
     out.append("</svg>")
     return "\n".join(out) + "\n"
