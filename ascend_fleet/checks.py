@@ -44,7 +44,7 @@ def preflight_problems(
     """Everything wrong with one node before deploying, as ``{"errors": [...], "warnings": [...]}``.
 
     ``checks`` carries the command results: docker (rc, version), disk (path -> free bytes),
-    needs (path -> bytes needed), listening (ss output), engine_running (bool), time_sync
+    needs (list of {path, gib, what, var}), listening (ss output), engine_running (bool), time_sync
     (string or None), configured_nic (fleet_nic_name or None).
     """
     errors: list[str] = []
@@ -59,7 +59,7 @@ def preflight_problems(
             f"{host}: NPU tools missing (npu-smi / hccn_tool); expected the Ascend driver installed "
             "under /usr/local/Ascend (is this an Atlas node?)"
         )
-        return {"errors": errors, "warnings": warnings}
+        return {"errors": errors, "warnings": warnings, "nic": node_nic(net, plan["node_ip"])}
     want = plan["device_count"]
     if npu.get("device_count") != want:
         errors.append(
@@ -105,14 +105,14 @@ def preflight_problems(
             f"{host}: fleet_nic_name is {configured} but {plan['node_ip']} is on {nic}; "
             f"set fleet_nic_name: {nic} (or remove it to derive it)"
         )
-    for path, need in (checks.get("needs") or {}).items():
-        free = (checks.get("disk") or {}).get(path)
+    for need in checks.get("needs") or []:
+        free = (checks.get("disk") or {}).get(need["path"])
         if free is None:
-            errors.append(f"{host}: cannot read free space of {path}")
-        elif need and free < need:
+            errors.append(f"{host}: cannot read free space of {need['path']}")
+        elif free < need["gib"] * 2**30:
             errors.append(
-                f"{host}: {path} has {free / 2**30:.1f} GiB free, needs {need / 2**30:.1f} GiB "
-                "(image + weights); free space or change preflight_min_free_gb"
+                f"{host}: {need['path']} has {free / 2**30:.1f} GiB free, needs {need['gib']} GiB "
+                f"for the {need['what']}; free space, or lower {need['var']}"
             )
     if not checks.get("engine_running"):
         busy = sorted(set(plan.get("bound_ports", [])) & listening_ports(checks.get("listening", "")))
