@@ -1,0 +1,102 @@
+"""Bring-up failure modes on the lab (marker ``lab``): what users hit on real clusters.
+
+- One node's fabric link is down: site.yml fails in the NPU-network phase, naming that
+  node and device, and no engine container was started anywhere.
+- The hub drops the connection mid-file: the run still ends with verified weights (the
+  real modelscope client resumes) and a working endpoint.
+- Without a shared cache the other nodes copy the verified weights from the downloader.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, run_playbook
+from tests.lab.conftest import Lab, lab_unavailable, labctl
+
+pytestmark = pytest.mark.lab
+TOPOLOGY = "a3-1p1d"
+OVERLAY = REPO / "lab" / ".state" / TOPOLOGY / "hosts.yml"
+HUB = "http://198.18.0.1:8081"
+
+
+def site(*extra: str, check: bool = False) -> subprocess.CompletedProcess:
+    return run_playbook(
+        "site.yml", "-i", TOPOLOGY, "-i", str(OVERLAY), *extra, check=check,
+        env={"ANSIBLE_CACHE_PLUGIN_CONNECTION": str(REPO / "lab" / ".state" / TOPOLOGY / "facts")},
+    )
+
+
+def hub(*args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "lab" / "hub" / "faults.py"), "--hub", HUB, *args],
+        capture_output=True, text=True, check=True, timeout=30,
+    )
+    return json.loads(proc.stdout)
+
+
+def containers(lab: Lab, host: str) -> list[str]:
+    proc = lab.ssh(host, "docker ps -a --format '{{.Names}}'")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+@pytest.fixture(scope="module")
+def fresh_lab():
+    """A freshly created a3-1p1d lab: no containers, empty shared weights cache."""
+    reason = lab_unavailable()
+    if reason:
+        pytest.skip(reason)
+    labctl("down", TOPOLOGY)
+    labctl("up", TOPOLOGY)
+    lab = Lab(TOPOLOGY)
+    try:
+        yield lab
+    finally:
+        labctl("link", "up", TOPOLOGY, "decode-0", check=False)
+        hub("clear")
+
+
+def test_fabric_link_down_stops_before_any_container(fresh_lab):
+    labctl("link", "down", TOPOLOGY, "decode-0", "--device", "3")
+    try:
+        proc = site()
+    finally:
+        labctl("link", "up", TOPOLOGY, "decode-0", "--device", "3")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "NPU network check failed" in out and "no container was started" in out
+    # the table names the node and the device: its own link, and the peer's probes to it
+    assert re.search(r"decode-0\s+3\s+-\s+link\s+DOWN\s+UP", out), out[-3000:]
+    assert re.search(r"prefill-0\s+3\s+decode-0\s+hccs_ping", out), out[-3000:]
+    assert not re.search(r"decode-0\s+4\s", out), "a healthy device was reported"
+    assert "PLAY [Pull the engine image" not in out
+    for host in ("prefill-0", "decode-0"):
+        assert containers(fresh_lab, host) == []
+
+
+def test_hub_drop_mid_file_still_ends_with_verified_weights(fresh_lab):
+    hub("reset")
+    hub("drop", "--times", "1")
+    proc = site(check=True)
+    out = proc.stdout
+    assert "answered:" in out and "failed=0" in out
+    entries = hub("log")["requests"]
+    dropped = [e for e in entries if e.get("dropped")]
+    resumed = [e for e in entries if (e.get("range") or "").startswith("bytes=") and e["range"] != "bytes=0-"]
+    assert dropped, "the hub dropped no connection"
+    assert resumed, "the client did not resume with a Range request"
+    assert all(e["status"] in (200, 206) for e in resumed)
+    model = "/root/.cache/modelscope/hub/models/vllm-ascend/DeepSeek-V4-Flash-w8a8-mtp"
+    check = fresh_lab.ssh(
+        "decode-0",
+        f"python3 /opt/ascend-fleet/bin/weights_tool.py verify --dir {model} "
+        f"--endpoint {HUB} --model Eco-Tech/DeepSeek-V4-Flash-w8a8-mtp",
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert json.loads(check.stdout)["status"] == "complete"
