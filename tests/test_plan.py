@@ -80,3 +80,23 @@ def test_every_rendered_serve_command_passes_vllm_flag_table(rendered, topology)
         cmd = parse_serve_argv(serve_argv(h), SPEC)
         assert cmd.model == h["model_path"]
         assert cmd.values["served_model_name"] == ["dsv4"]
+
+
+def test_cli_plan_and_check_serve(capsys, tmp_path):
+    from ascend_fleet.cli import main
+    from tests.conftest import REPO
+
+    inv = str(REPO / "inventories" / "a3-1p1d" / "hosts.yml")
+    assert main(["plan", inv]) == 0
+    assert "| decode-0 | 203.0.113.21 | decode | decode-0 | 0-15 of 16 (TP1)" in capsys.readouterr().out
+    assert main(["plan", inv, "--deploy"]) == 1
+    assert "documentation placeholder" in capsys.readouterr().err
+    overlay = tmp_path / "lab.yml"
+    overlay.write_text(
+        "all:\n  hosts:\n    prefill-0: {ansible_host: 198.18.0.10}\n    decode-0: {ansible_host: 198.18.0.11}\n"
+    )
+    assert main(["plan", inv, str(overlay), "--deploy", "--json"]) == 0
+    assert '"dp_address": "198.18.0.11"' in capsys.readouterr().out
+    assert main(["check-serve", "--", "/m", "--port", "8900", "--max-num-seqs", "4"]) == 0
+    assert main(["check-serve", "--", "/m", "--max-num-seq", "4"]) == 1
+    assert "unknown flag '--max-num-seq'" in capsys.readouterr().err
