@@ -93,10 +93,11 @@ def test_hub_drop_mid_file_still_ends_with_verified_weights(fresh_lab):
     assert resumed, "the client did not resume with a Range request"
     assert all(e["status"] in (200, 206) for e in resumed)
     model = "/root/.cache/modelscope/hub/models/vllm-ascend/DeepSeek-V4-Flash-w8a8-mtp"
-    check = fresh_lab.ssh(
-        "decode-0",
-        f"python3 /opt/ascend-fleet/bin/weights_tool.py verify --dir {model} "
-        f"--endpoint {HUB} --model Eco-Tech/DeepSeek-V4-Flash-w8a8-mtp",
+    tool = (REPO / "roles" / "weights" / "files" / "weights_tool.py").read_text()
+    check = subprocess.run(
+        [*fresh_lab.ssh_cmd("decode-0"), "python3", "-", "verify", "--dir", model, "--endpoint", HUB,
+         "--model", "Eco-Tech/DeepSeek-V4-Flash-w8a8-mtp"],
+        input=tool, capture_output=True, text=True, timeout=300, check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert json.loads(check.stdout)["status"] == "complete"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Probe this node's NPU network: net health of every device and the peer probes given.
 
-Input (JSON on stdin): {"devices": [0, 1, ...], "probes": [{"device", "peer",
+Input (JSON, as the first argument or on stdin): {"devices": [0, 1, ...], "probes": [{"device", "peer",
 "peer_device", "address", "method": "ping"|"hccs_ping"}, ...], "packets": 3}
 Output (JSON): {"health": {"0": "Success", ...}, "probes": [{... "ok", "summary"}]}
 
@@ -53,7 +53,7 @@ def probe(p, packets):
 
 
 def main():
-    job = json.load(sys.stdin)
+    job = json.loads(sys.argv[1]) if len(sys.argv) > 1 else json.load(sys.stdin)
     probes = job.get("probes", [])
     with ThreadPoolExecutor(max_workers=max(1, min(64, len(probes) + len(job["devices"])))) as pool:
         healths = list(pool.map(health, job["devices"]))
