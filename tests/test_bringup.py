@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
@@ -27,7 +28,13 @@ HUB = "http://198.18.0.1:8081"
 
 def site(*extra: str, check: bool = False) -> subprocess.CompletedProcess:
     return run_playbook(
-        "site.yml", "-i", TOPOLOGY, "-i", str(OVERLAY), *extra, check=check,
+        "site.yml",
+        "-i",
+        TOPOLOGY,
+        "-i",
+        str(OVERLAY),
+        *extra,
+        check=check,
         env={"ANSIBLE_CACHE_PLUGIN_CONNECTION": str(REPO / "lab" / ".state" / TOPOLOGY / "facts")},
     )
 
@@ -35,7 +42,10 @@ def site(*extra: str, check: bool = False) -> subprocess.CompletedProcess:
 def hub(*args: str) -> dict:
     proc = subprocess.run(
         [sys.executable, str(REPO / "lab" / "hub" / "faults.py"), "--hub", HUB, *args],
-        capture_output=True, text=True, check=True, timeout=30,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     )
     return json.loads(proc.stdout)
 
@@ -92,12 +102,54 @@ def test_hub_drop_mid_file_still_ends_with_verified_weights(fresh_lab):
     assert dropped, "the hub dropped no connection"
     assert resumed, "the client did not resume with a Range request"
     assert all(e["status"] in (200, 206) for e in resumed)
-    model = "/root/.cache/modelscope/hub/models/vllm-ascend/DeepSeek-V4-Flash-w8a8-mtp"
+    for host in ("prefill-0", "decode-0"):
+        assert verify_weights(fresh_lab, host)["status"] == "complete"
+
+
+def verify_weights(lab: Lab, host: str) -> dict:
+    """Run the weights helper's full verification (sizes and sha256 against the hub) on a node."""
     tool = (REPO / "roles" / "weights" / "files" / "weights_tool.py").read_text()
-    check = subprocess.run(
-        [*fresh_lab.ssh_cmd("decode-0"), "python3", "-", "verify", "--dir", model, "--endpoint", HUB,
-         "--model", "Eco-Tech/DeepSeek-V4-Flash-w8a8-mtp"],
-        input=tool, capture_output=True, text=True, timeout=300, check=False,
+    model = "/root/.cache/modelscope/hub/models/vllm-ascend/DeepSeek-V4-Flash-w8a8-mtp"
+    proc = subprocess.run(
+        [
+            *lab.ssh_cmd(host),
+            "python3",
+            "-",
+            "verify",
+            "--dir",
+            model,
+            "--endpoint",
+            HUB,
+            "--model",
+            "Eco-Tech/DeepSeek-V4-Flash-w8a8-mtp",
+        ],
+        input=tool,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert json.loads(check.stdout)["status"] == "complete"
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_private_caches_get_one_download_and_peer_copies(fresh_lab):
+    labctl("down", TOPOLOGY)
+    labctl("up", TOPOLOGY, "--private-cache")
+    try:
+        lab = Lab(TOPOLOGY)
+        hub("reset")
+        proc = site("-e", '{"weights_shared_cache": false}', check=True)
+        assert "answered:" in proc.stdout
+        shards = Counter(e["file"] for e in hub("log")["requests"] if (e.get("file") or "").endswith(".safetensors"))
+        assert shards and set(shards.values()) == {1}, f"each shard once from the hub, got {shards}"
+        for host in ("prefill-0", "decode-0"):
+            assert verify_weights(lab, host)["status"] == "complete"
+        # a second run finds complete weights everywhere: nothing is fetched again
+        hub("reset")
+        again = site("-e", '{"weights_shared_cache": false}', check=True)
+        assert re.search(r"prefill-0\s*:\s*ok=\d+\s+changed=0", again.stdout)
+        assert not [e for e in hub("log")["requests"] if e.get("file")]
+    finally:
+        labctl("down", TOPOLOGY)
+        labctl("up", TOPOLOGY)
