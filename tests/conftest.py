@@ -38,6 +38,22 @@ def run_playbook(*args: str, check: bool = True, env: dict | None = None) -> sub
     return proc
 
 
+def run_site(topology: str, *extra: str, check: bool = False) -> subprocess.CompletedProcess:
+    """site.yml against a lab: the shipped inventory by its bare name plus the lab overlay."""
+    state = REPO / "lab" / ".state" / topology
+    return run_playbook(
+        "site.yml",
+        "-i",
+        topology,
+        "-i",
+        str(state / "hosts.yml"),
+        *extra,
+        check=check,
+        # facts are cached per lab topology: host names repeat between topologies
+        env={"ANSIBLE_CACHE_PLUGIN_CONNECTION": str(state / "facts")},
+    )
+
+
 @pytest.fixture(scope="session")
 def rendered(tmp_path_factory) -> dict[str, Path]:
     """Render every shipped inventory once, by its bare name, with playbooks/render.yml."""

@@ -17,26 +17,16 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import REPO, run_playbook
+from tests.conftest import REPO, run_site
 from tests.lab.conftest import Lab, lab_unavailable, labctl
 
 pytestmark = pytest.mark.lab
 TOPOLOGY = "a3-1p1d"
-OVERLAY = REPO / "lab" / ".state" / TOPOLOGY / "hosts.yml"
 HUB = "http://198.18.0.1:8081"
 
 
 def site(*extra: str, check: bool = False) -> subprocess.CompletedProcess:
-    return run_playbook(
-        "site.yml",
-        "-i",
-        TOPOLOGY,
-        "-i",
-        str(OVERLAY),
-        *extra,
-        check=check,
-        env={"ANSIBLE_CACHE_PLUGIN_CONNECTION": str(REPO / "lab" / ".state" / TOPOLOGY / "facts")},
-    )
+    return run_site(TOPOLOGY, *extra, check=check)
 
 
 def hub(*args: str) -> dict:

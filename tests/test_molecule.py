@@ -27,11 +27,22 @@ def test_molecule_scenario(scenario):
     if reason:
         pytest.skip(reason)
     bindir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}", "NO_COLOR": "1",
-           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0"}
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
+        "NO_COLOR": "1",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "PY_COLORS": "0",
+    }
     proc = subprocess.run(
-        [str(bindir / "molecule"), "test", "-s", scenario], cwd=REPO, env=env,
-        capture_output=True, text=True, timeout=1800, check=False,
+        [str(bindir / "molecule"), "test", "-s", scenario],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
     )
     out = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
     assert proc.returncode == 0, out[-6000:]

@@ -43,8 +43,10 @@ def playbook(name: str, *extra: str, check: bool = True):
 
 def recap(proc) -> dict[str, dict[str, int]]:
     """PLAY RECAP counters per host."""
-    found = {host: {"ok": int(ok), "changed": int(ch), "unreachable": int(un), "failed": int(fa)}
-             for host, ok, ch, un, fa in RECAP.findall(proc.stdout)}
+    found = {
+        host: {"ok": int(ok), "changed": int(ch), "unreachable": int(un), "failed": int(fa)}
+        for host, ok, ch, un, fa in RECAP.findall(proc.stdout)
+    }
     assert set(found) >= set(HOSTS), f"no PLAY RECAP for every host:\n{proc.stdout[-3000:]}"
     return found
 
@@ -284,4 +286,3 @@ def test_destroy_weights_then_site_downloads_them_again(fleet, tmp_path):
     for host in HOSTS:
         assert node_has(host, f"-f {MARKER}")
     assert_all_healthy(status(tmp_path))
-

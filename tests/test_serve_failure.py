@@ -9,27 +9,19 @@ settings changed) and verifies.
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from tests.conftest import REPO, run_playbook
+from tests.conftest import run_site
 from tests.lab.conftest import Lab, lab_unavailable, labctl
 
 pytestmark = pytest.mark.lab
 TOPOLOGY = "a3-single"
-OVERLAY = REPO / "lab" / ".state" / TOPOLOGY / "hosts.yml"
 
 
-def site(*extra: str, check: bool = False):
-    return run_playbook(
-        "site.yml",
-        "-i",
-        TOPOLOGY,
-        "-i",
-        str(OVERLAY),
-        *extra,
-        check=check,
-        env={"ANSIBLE_CACHE_PLUGIN_CONNECTION": str(REPO / "lab" / ".state" / TOPOLOGY / "facts")},
-    )
+def site(*extra: str, check: bool = False) -> subprocess.CompletedProcess:
+    return run_site(TOPOLOGY, *extra, check=check)
 
 
 def test_failed_engine_is_reported_with_its_log_then_recovers():
