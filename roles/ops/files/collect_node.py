@@ -42,8 +42,7 @@ def run(argv, out_dir, rel, timeout, manifest):
         except OSError as err:
             rc = "not run"
             out.write(f"[collect: cannot run {argv[0]}: {err}]\n".encode())
-    manifest.append({"command": argv, "rc": rc, "seconds": round(time.monotonic() - start, 2),
-                     "output": rel})
+    manifest.append({"command": argv, "rc": rc, "seconds": round(time.monotonic() - start, 2), "output": rel})
     return rc
 
 
@@ -55,11 +54,20 @@ def container_state(name):
     state = data.get("State", {})
     config = data.get("Config", {})
     return {
-        "name": name, "state": "running" if state.get("Running") else "stopped",
-        "status": state.get("Status"), "exit_code": state.get("ExitCode"), "oom_killed": state.get("OOMKilled"),
-        "error": state.get("Error"), "started_at": state.get("StartedAt"), "finished_at": state.get("FinishedAt"),
-        "restart_count": data.get("RestartCount"), "image": config.get("Image"), "image_id": data.get("Image"),
-        "labels": config.get("Labels"), "command": config.get("Cmd"), "created": data.get("Created"),
+        "name": name,
+        "state": "running" if state.get("Running") else "stopped",
+        "status": state.get("Status"),
+        "exit_code": state.get("ExitCode"),
+        "oom_killed": state.get("OOMKilled"),
+        "error": state.get("Error"),
+        "started_at": state.get("StartedAt"),
+        "finished_at": state.get("FinishedAt"),
+        "restart_count": data.get("RestartCount"),
+        "image": config.get("Image"),
+        "image_id": data.get("Image"),
+        "labels": config.get("Labels"),
+        "command": config.get("Cmd"),
+        "created": data.get("Created"),
     }
 
 
@@ -74,8 +82,13 @@ def main():
     manifest = []
     summary = {"containers": {}, "files_dir": req["files_dir"], "files": [], "devices": req.get("devices", 0)}
 
-    run(["docker", "ps", "-a", "--no-trunc", "--format", "{{.Names}}\t{{.Image}}\t{{.Status}}"],
-        a.out, "containers.txt", timeout, manifest)
+    run(
+        ["docker", "ps", "-a", "--no-trunc", "--format", "{{.Names}}\t{{.Image}}\t{{.Status}}"],
+        a.out,
+        "containers.txt",
+        timeout,
+        manifest,
+    )
     for name in req["containers"]:
         state = container_state(name)
         summary["containers"][name] = state["state"]
@@ -85,14 +98,20 @@ def main():
             json.dump(state, fh, indent=2, sort_keys=True)
             fh.write("\n")
         if state["state"] != "absent":
-            run(["docker", "logs", "--timestamps", "--tail", str(req.get("log_tail", "all")), name],
-                a.out, f"docker/{name}.log", timeout, manifest)
+            run(
+                ["docker", "logs", "--timestamps", "--tail", str(req.get("log_tail", "all")), name],
+                a.out,
+                f"docker/{name}.log",
+                timeout,
+                manifest,
+            )
 
     files_dir = req["files_dir"]
     if os.path.isdir(files_dir):
         shutil.copytree(files_dir, os.path.join(a.out, "files"), symlinks=True)
         summary["files"] = sorted(
-            os.path.relpath(os.path.join(root, f), files_dir) for root, _, names in os.walk(files_dir) for f in names)
+            os.path.relpath(os.path.join(root, f), files_dir) for root, _, names in os.walk(files_dir) for f in names
+        )
     else:
         summary["files"] = None
 
@@ -122,8 +141,15 @@ def main():
     with tarfile.open(a.archive, "w:gz") as tar:
         for entry in sorted(os.listdir(a.out)):
             tar.add(os.path.join(a.out, entry), arcname=entry)
-    print(json.dumps({"containers": summary["containers"], "commands": len(manifest),
-                      "failed": sum(1 for m in manifest if m["rc"] != 0)}))
+    print(
+        json.dumps(
+            {
+                "containers": summary["containers"],
+                "commands": len(manifest),
+                "failed": sum(1 for m in manifest if m["rc"] != 0),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
