@@ -186,13 +186,45 @@ def link_problems(host: str, npu: dict[str, Any], health: dict[str, str]) -> lis
     rows = []
     for dev in (npu or {}).get("devices", []):
         if dev.get("link") != "UP":
-            rows.append({"node": host, "device": dev["id"], "peer": "-", "check": "link",
-                         "found": dev.get("link") or "unknown", "expected": "UP"})
+            rows.append(
+                {
+                    "node": host,
+                    "device": dev["id"],
+                    "peer": "-",
+                    "check": "link",
+                    "found": dev.get("link") or "unknown",
+                    "expected": "UP",
+                }
+            )
         found = health.get(str(dev["id"]))
         if found is not None and found != "Success":
-            rows.append({"node": host, "device": dev["id"], "peer": "-", "check": "net_health",
-                         "found": found, "expected": "Success"})
+            rows.append(
+                {
+                    "node": host,
+                    "device": dev["id"],
+                    "peer": "-",
+                    "check": "net_health",
+                    "found": found,
+                    "expected": "Success",
+                }
+            )
     return rows
+
+
+def probe_problems(host: str, probes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for the failure table: the peer probes of ``host`` that got no answer."""
+    return [
+        {
+            "node": host,
+            "device": p["device"],
+            "peer": f"{p['peer']}/{p['peer_device']} ({p.get('address')})",
+            "check": p["method"],
+            "found": p.get("summary", "no answer"),
+            "expected": "reply",
+        }
+        for p in probes
+        if not p.get("ok")
+    ]
 
 
 def failure_table(rows: list[dict[str, Any]]) -> str:

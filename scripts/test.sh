@@ -12,5 +12,9 @@ ruff check .
 yamllint --strict .
 ansible-lint --offline -q
 
+echo "== lab: Docker Engine, node and engine images (built once, then cached)"
+lab/labctl build
+lab/engine/build >/dev/null
+
 echo "== tests"
 exec python -m pytest "$@"

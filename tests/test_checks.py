@@ -10,6 +10,7 @@ from ascend_fleet.checks import (
     mesh_targets,
     peers_of,
     preflight_problems,
+    probe_problems,
     tls_problems,
 )
 from ascend_fleet.inventory import load_yaml_inventory
@@ -174,19 +175,32 @@ def test_failure_table_lists_node_device_peer():
     down = copy.deepcopy(npu())
     down["devices"][3]["link"] = "DOWN"
     rows = link_problems("decode-1", down, {"3": "Fault", "4": "Success"})
-    rows.append(
+    probes = [
         {
-            "node": "prefill-0",
             "device": 3,
-            "peer": "decode-1/3 (10.0.0.13)",
-            "check": "ping",
-            "found": "3 packets transmitted, 0 received",
-            "expected": "reply",
-        }
-    )
+            "peer": "decode-1",
+            "peer_device": 3,
+            "address": "10.0.0.13",
+            "method": "ping",
+            "ok": False,
+            "summary": "3 packets transmitted, 0 received",
+        },
+        {
+            "device": 4,
+            "peer": "decode-1",
+            "peer_device": 4,
+            "address": "10.0.0.14",
+            "method": "ping",
+            "ok": True,
+            "summary": "3 packets transmitted, 3 received",
+        },
+    ]
+    rows += probe_problems("prefill-0", probes)
+    assert len(rows) == 3  # the answered probe is not a problem
     table = failure_table(rows).splitlines()
     assert table[0].split() == ["node", "device", "peer", "check", "found", "expected"]
     assert table[2].split()[:5] == ["decode-1", "3", "-", "link", "DOWN"]
     assert table[3].split()[:5] == ["decode-1", "3", "-", "net_health", "Fault"]
-    assert table[4].split()[:4] == ["prefill-0", "3", "decode-1/3", "(10.0.0.13)"]
+    assert table[4].split()[:6] == ["prefill-0", "3", "decode-1/3", "(10.0.0.13)", "ping", "3"]
+    assert table[4].split()[-1] == "reply"
     assert failure_table([]) == ""

@@ -22,5 +22,6 @@ class FilterModule:
             "fleet_tls_problems": checks.tls_problems,
             "fleet_mesh_targets": checks.mesh_targets,
             "fleet_link_problems": checks.link_problems,
+            "fleet_probe_problems": checks.probe_problems,
             "fleet_failure_table": checks.failure_table,
         }
