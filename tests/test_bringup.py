@@ -73,7 +73,9 @@ def test_fabric_link_down_stops_before_any_container(fresh_lab):
     assert "NPU network check failed" in out and "no container was started" in out
     # the table names the node and the device: its own link, and the peer's probes to it
     assert re.search(r"decode-0\s+3\s+-\s+link\s+DOWN\s+UP", out), out[-3000:]
-    assert re.search(r"prefill-0\s+3\s+decode-0\s+hccs_ping", out), out[-3000:]
+    assert re.search(r"prefill-0\s+3\s+decode-0/3 \(\S+\)\s+hccs_ping\s+3 packets transmitted, 0 received", out), out[
+        -3000:
+    ]
     assert not re.search(r"decode-0\s+4\s", out), "a healthy device was reported"
     assert "PLAY [Pull the engine image" not in out
     for host in ("prefill-0", "decode-0"):
