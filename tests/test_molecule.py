@@ -46,7 +46,10 @@ def test_molecule_scenario(scenario):
     )
     out = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
     assert proc.returncode == 0, out[-6000:]
+    # "a2-single ➜ create: Executed: Successful" (or "[a2-single > create] ..." without colours)
     for step in ("create", "converge", "idempotence", "verify", "destroy"):
-        assert re.search(rf"{scenario} ➜ {step}: Executed: Successful", out), f"{step} did not succeed"
+        pattern = rf"{re.escape(scenario)} (?:➜|>) {step}\]?:? Executed: Successful"
+        assert re.search(pattern, out), f"{step} did not succeed"
+    assert re.search(rf"{re.escape(scenario)}\s+: actions=7\s+successful=7 .*failed=0", out)
     # the converge really ran the bring-up and the verify got an answer
     assert "Endpoint http://" in out and "answered" in out
