@@ -32,6 +32,8 @@ HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
+# Device nodes every engine container gets besides /dev/davinci0..N-1 (the tutorial's docker run).
+NPU_CONTROL_DEVICES = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
 LAUNCHER_POSITIONALS = ("devices", "port", "dp_size", "dp_rank", "dp_address", "dp_rpc_port", "tp")
 
 # fleet_* inventory variables: name -> accepted Python types. Anything else prefixed
@@ -641,6 +643,8 @@ def build_plan(
             "kv_extra_config": kv_cfg["kv_connector_extra_config"] if kv_cfg else None,
             "ranks": ranks,
             "api_ports": [r["api_port"] for r in ranks],
+            # the tutorial's --device list for this hardware kind
+            "container_devices": [f"/dev/davinci{d}" for d in range(b["device_count"])] + list(NPU_CONTROL_DEVICES),
             "image": image,
             "model_path": model_path,
             "model_hub_id": recipe["model"]["hub_id"],

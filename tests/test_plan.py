@@ -53,6 +53,11 @@ def test_a2_1m_render_is_consistent(rendered):
             assert (h["dp_size"], h["tp_size"], h["dp_size_local"], h["dp_rank_start"]) == (4, 8, 1, i)
             assert h["dp_address"] == master_ip and h["engine_id"] == engine
             assert h["ranks"][0]["devices"] == "0,1,2,3,4,5,6,7"
+            assert h["container_devices"] == [f"/dev/davinci{d}" for d in range(8)] + [
+                "/dev/davinci_manager",
+                "/dev/devmm_svm",
+                "/dev/hisi_hdc",
+            ]
             assert h["kv_ports"] == list(range(kv + 8 * i, kv + 8 * i + 8))
             assert h["kv_extra_config"] == {
                 "prefill": {"dp_size": 4, "tp_size": 8},
