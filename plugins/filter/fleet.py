@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,9 +14,15 @@ from ascend_fleet import checks  # noqa: E402  (needs the sys.path line)
 from ascend_fleet.planview import plan_svg, plan_table  # noqa: E402  (needs the sys.path line)
 
 
+def abspath(path: str) -> str:
+    """A controller path made absolute against the directory ansible-playbook runs in."""
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
 class FilterModule:
     def filters(self):
         return {
+            "fleet_abspath": abspath,
             "fleet_plan_table": plan_table,
             "fleet_plan_svg": plan_svg,
             "fleet_preflight_problems": checks.preflight_problems,
