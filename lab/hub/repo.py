@@ -22,7 +22,10 @@ from pathlib import Path
 
 MIB = 1024 * 1024
 # Bump when the layout of the generated files changes, so old caches are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+# Files of the lab model made by lab/eval/make_lab_data.py (a real tokenizer, the answer key
+# of the lab's evaluation datasets): served as they are, replacing the generated ones.
+EVAL_MODEL_FILES = Path(__file__).resolve().parents[1] / "eval" / "model"
 ALIGN = 4096  # shard payloads are multiples of this (tensor rows are 4096 bytes wide)
 
 
@@ -211,6 +214,12 @@ def generate(root: Path, model_id: str, size_mb: float, shards: int = 4) -> dict
         path = files_dir / name
         path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
         entries.append({"path": name, "size": path.stat().st_size, "sha256": _sha256_file(path)})
+    for extra in sorted(EVAL_MODEL_FILES.glob("*.json")):
+        path = files_dir / extra.name
+        path.write_bytes(extra.read_bytes())
+        entries = [e for e in entries if e["path"] != extra.name]
+        entries.append({"path": extra.name, "size": path.stat().st_size,
+                        "sha256": _sha256_file(path)})
     for i, tensors in enumerate(plan, start=1):
         name = shard_name(i, len(plan))
         path = files_dir / name
