@@ -337,6 +337,8 @@ def build_plan(
             "hw_kind": hw,
             "profile": profile_name,
             "device_count": recipe["hardware"][hw]["devices"],
+            # hbm_gb / driver_min / firmware_min: checked by preflight on the node
+            "hardware": dict(recipe["hardware"][hw]),
             "node_ip": str(node_ip),
             "connect_address": str(conn),
             "nic_name": nic,
@@ -691,6 +693,8 @@ def build_plan(
                 "fleet_kv_port / fleet_kv_port_base, fleet_dp_rpc_port, fleet_proxy_port)"
             )
         plan["hosts"].get(host, {})["bound_ports"] = sorted(by_port)
+        # what each port is for, so a port held by a stranger is reported by its purpose
+        plan["hosts"].get(host, {})["port_purposes"] = {str(p): what for p, what in by_port.items()}
 
     # ---- proxy lists and entry point ---------------------------------------------------
     if proxy and not rep.errors:

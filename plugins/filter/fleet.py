@@ -27,6 +27,7 @@ class FilterModule:
             "fleet_plan_svg": plan_svg,
             "fleet_preflight_problems": checks.preflight_problems,
             "fleet_tls_problems": checks.tls_problems,
+            "fleet_superpod_problems": checks.superpod_problems,
             "fleet_mesh_targets": checks.mesh_targets,
             "fleet_link_problems": checks.link_problems,
             "fleet_probe_problems": checks.probe_problems,
