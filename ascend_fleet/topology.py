@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import posixpath
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -122,29 +123,150 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_types(host: str, hv: dict[str, Any], bool_vars: set[str], rep: Report) -> None:
-    """Type-check fleet_* variables and every boolean role option a host sets."""
+BOOL_WORDS = {"true": True, "yes": True, "false": False, "no": False}
+INT_TEXT = re.compile(r"^[+-]?\d{1,9}$")
+# Names that are written into scripts unquoted (comments, nic_name="...", file headers):
+# validated to a charset that cannot leave a shell word or a comment line.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$")  # Linux: at most 15 characters
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+FLAG_NAME = re.compile(r"^--?[A-Za-z0-9][A-Za-z0-9_-]{0,80}$")
+IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,254}$")
+SAFE_VARS = {"fleet_instance": SAFE_NAME, "fleet_topology": SAFE_NAME, "fleet_nic_name": NIC_NAME,
+             "fleet_container_prefix": SAFE_NAME, "fleet_image": IMAGE_REF}
+PORT_VARS = ("fleet_dp_rpc_port", "fleet_vllm_start_port", "fleet_api_port", "fleet_kv_port",
+             "fleet_kv_port_base", "fleet_proxy_port")
+MAX_DEVICES = 16  # the largest node kind (A3); device-derived sizes are bounded by it
+# vllm serve destinations the plan owns: set through fleet_* variables, never as overrides.
+PLAN_OWNED_DESTS = ("port", "host", "tensor_parallel_size", "api_key")
+SPEC_TYPES: dict[str, tuple[type, ...]] = {
+    "bool": (bool,),
+    "int": (int,),
+    "str": (str,),
+    "path": (str,),
+    "list": (list,),
+    "dict": (dict,),
+    "float": (float, int),
+}
+
+
+def coerce(value: Any, types: tuple[type, ...]) -> tuple[bool, Any]:
+    """(accepted, value) with the coercion ``-e k=v`` users expect: "8" is 8, "false" is False.
+
+    Strings become booleans (true/false/yes/no), integers (digits) and lists/mappings
+    (JSON) where the variable has that type; an integer becomes a string for a name.
+    """
+    if isinstance(value, bool):
+        return (bool in types, value)
+    if isinstance(value, types):
+        return True, value
+    if isinstance(value, str):
+        text = value.strip()
+        if bool in types and text.lower() in BOOL_WORDS:
+            return True, BOOL_WORDS[text.lower()]
+        if int in types and INT_TEXT.fullmatch(text):
+            return True, int(text)
+        if (list in types or dict in types) and text[:1] in ("[", "{"):
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                return False, value
+            if isinstance(parsed, types):
+                return True, parsed
+    if isinstance(value, int) and str in types and int not in types:
+        return True, str(value)
+    return False, value
+
+
+def _expected(types: tuple[type, ...]) -> str:
+    return " or ".join(_typename(t()) if t is not type(None) else "null" for t in types)
+
+
+def check_types(
+    host: str,
+    hv: dict[str, Any],
+    option_types: dict[str, tuple[type, ...]],
+    rep: Report,
+    fleet_cap: int = MAX_DEVICES,
+) -> dict[str, Any]:
+    """Type-check (with coercion) the fleet_* variables and role options a host sets.
+
+    Returns the host's variables with coerced values; a variable with a bad value is left
+    out (the error is reported), so nothing later trips over it.
+    """
+    out: dict[str, Any] = {}
     for name, value in hv.items():
-        if name in bool_vars and not name.startswith("fleet_") and not isinstance(value, bool):
-            rep.error(
-                f"host {host}: {name} = {_plain(value)!r} ({_typename(value)}); expected a "
-                f"boolean (true/false, unquoted in YAML; with -e use JSON: -e '{{\"{name}\": true}}')"
-            )
-        if not name.startswith("fleet_"):
-            continue
-        if name not in FLEET_VARS:
+        value = _plain(value)
+        if name.startswith("fleet_") and name not in FLEET_VARS:
             rep.warn(f"unknown variable {name} (typo? it is ignored)")
+            out[name] = value
             continue
-        types = FLEET_VARS[name]
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        types = FLEET_VARS.get(name) or option_types.get(name)
+        if types is None:
+            out[name] = value
+            continue
+        ok, new = coerce(value, types)
         if not ok:
-            expected = " or ".join(_typename(t()) if t is not type(None) else "null" for t in types)
             hint = ""
             if bool in types and isinstance(value, str):
-                hint = " (a boolean given as a string: write true/false unquoted)"
-            elif int in types and isinstance(value, str) and value.strip().isdigit():
-                hint = " (a number given as a string: write it unquoted)"
-            rep.error(f"host {host}: {name} = {_plain(value)!r} is a {_typename(value)}; expected {expected}{hint}")
+                hint = " (true/false/yes/no)"
+            rep.error(
+                f"host {host}: {name} = {value!r} is a {_typename(value)}; expected {_expected(types)}{hint} "
+                f"(set {name} for {host} in the inventory or with -e)"
+            )
+            continue
+        problem = _value_problem(name, new, fleet_cap)
+        if problem:
+            rep.error(f"host {host}: {name} = {new!r}; expected {problem} (set {name} for {host})")
+            continue
+        out[name] = new
+    return out
+
+
+def _value_problem(name: str, value: Any, fleet_cap: int) -> str | None:
+    """What a well-typed value must be, if it is not (bounds keep every size finite)."""
+    if value is None:
+        return None
+    if name in SAFE_VARS and not SAFE_VARS[name].fullmatch(value):
+        return f"a name matching {SAFE_VARS[name].pattern} (letters, digits, . _ -; no spaces or shell characters)"
+    if name in PORT_VARS and not 0 < value < 65536:
+        return "a port number 1..65535"
+    bounds = {
+        "fleet_tp_size": (1, MAX_DEVICES, "devices per rank"),
+        "fleet_dp_size_local": (1, MAX_DEVICES, "DP ranks on the node"),
+        "fleet_dp_size": (1, fleet_cap, "DP ranks of the instance (at most the fleet's devices)"),
+        "fleet_dp_rank_start": (0, fleet_cap - 1, "first DP rank of the node"),
+        "fleet_engine_id": (0, 65535, "engine id"),
+        "fleet_kv_port_stride": (1, 65535, "kv port stride"),
+        "fleet_engine_ready_timeout_s": (1, 10**7, "seconds"),
+    }
+    if name in bounds:
+        low, high, what = bounds[name]
+        if not low <= value <= high:
+            return f"an integer {low}..{high} ({what})"
+    if name == "fleet_model_path" and (
+        "\n" in value or "\x00" in value or not value.startswith("/") or posixpath.normpath(value) != value
+    ):
+        return "an absolute, normalised path (no '..', no trailing '/', no newline)"
+    if name == "fleet_visible_devices" and (
+        len(value) > MAX_DEVICES
+        or not all(isinstance(e, int | str) and not isinstance(e, bool) and len(str(e)) <= 64 for e in value)
+    ):
+        return 'a list of at most 16 device-id strings, one per local rank (e.g. ["0,1", "2,3"])'
+    if name == "fleet_serve_overrides":
+        bad = [k for k in value if not isinstance(k, str) or not FLAG_NAME.fullmatch(k)]
+        if bad:
+            return f"a mapping of vllm serve flags (--name: value); {bad[0]!r} is not a flag name"
+    if name == "fleet_env_overrides":
+        bad = [k for k in value if not isinstance(k, str) or not ENV_NAME.fullmatch(k)]
+        if bad:
+            return f"a mapping of environment variable names to values; {bad[0]!r} is not a variable name"
+        bad = [k for k, v in value.items() if isinstance(v, dict | list)]
+        if bad:
+            return f"scalar values (a string, a number, or null to remove); {bad[0]} has a {_typename(value[bad[0]])}"
+    if name == "fleet_recipe_paths" and not all(isinstance(p, str) for p in value):
+        return "a list of directory paths"
+    return None
 
 
 def _address_problem(value: str, allow_placeholders: bool) -> str | None:
@@ -154,7 +276,7 @@ def _address_problem(value: str, allow_placeholders: bool) -> str | None:
     try:
         addr = ipaddress.ip_address(value)
     except ValueError:
-        if re.fullmatch(r"[\d.]+", value) or not HOSTNAME.match(value):
+        if re.fullmatch(r"[\d.]+", value) or not HOSTNAME.fullmatch(value):
             return "neither an IP address nor a valid hostname"
         return None
     if not allow_placeholders:
@@ -181,15 +303,22 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def shell_value(value: Any) -> str:
-    """How a flag value is written in the rendered script."""
+POSITIONAL = re.compile(r"^\$[1-7]$")
+
+
+def shell_value(value: Any, trusted: bool = True) -> str:
+    """How a flag value is written in the rendered script: always one quoted shell word.
+
+    Only the recipe's own launcher positionals ($1..$7) stay bare; a user's value
+    (``trusted=False``) is quoted whatever it holds.
+    """
     if isinstance(value, dict | list):
         return shlex.quote(json.dumps(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     text = str(value)
-    if text.startswith("$"):
-        return text  # a launcher positional ($2 ...) or shell variable: keep it a shell word
+    if trusted and POSITIONAL.fullmatch(text):
+        return text  # a launcher positional: the launcher's argument, kept a shell word
     return shlex.quote(text)
 
 
@@ -199,14 +328,44 @@ def build_plan(
     mode: str = "render",
     bool_vars: set[str] | None = None,
     flag_spec: FlagSpec | None = None,
+    option_types: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Compute and validate the plan. ``mode`` is "render" (placeholders allowed) or "deploy"."""
-    rep = Report()
-    plan: dict[str, Any] = {"mode": mode, "hosts": {}, "instances": [], "proxy": None}
-    bool_vars = set(bool_vars or ()) | {k for k, t in FLEET_VARS.items() if t == (bool,)}
+    """Compute and validate the plan. ``mode`` is "render" (placeholders allowed) or "deploy".
 
-    for host, hv in hosts.items():
-        check_types(host, hv, bool_vars, rep)
+    ``option_types`` maps the roles' documented options to their argument_specs type
+    (bool, int, str, path, list, dict); ``bool_vars`` is the older form (booleans only).
+    Any input gives a plan with errors, never an exception.
+    """
+    try:
+        return _build_plan(hosts, groups, mode, bool_vars, flag_spec, option_types)
+    except Exception as exc:  # last resort: a bad inventory must read as an error, never a traceback
+        return {
+            "mode": mode,
+            "hosts": {},
+            "instances": [],
+            "proxy": None,
+            "errors": [f"inventory could not be planned ({type(exc).__name__}: {exc}); please report this input"],
+            "warnings": [],
+        }
+
+
+def _build_plan(
+    hosts: dict[str, dict[str, Any]],
+    groups: dict[str, list[str]],
+    mode: str,
+    bool_vars: set[str] | None,
+    flag_spec: FlagSpec | None,
+    option_types: dict[str, str] | None,
+) -> dict[str, Any]:
+    rep = Report()
+    plan: dict[str, Any] = {"mode": mode, "hosts": {}, "instances": [], "proxy": None, "proxy_hosts": {}}
+    types: dict[str, tuple[type, ...]] = {
+        name: SPEC_TYPES[kind] for name, kind in (option_types or {}).items() if kind in SPEC_TYPES
+    }
+    types.update({name: (bool,) for name in bool_vars or ()})
+    groups = {str(g): [str(h) for h in (members or []) if isinstance(h, str)] for g, members in groups.items()}
+    fleet_cap = MAX_DEVICES * max(1, len(hosts))
+    hosts = {str(host): check_types(str(host), dict(hv or {}), types, rep, fleet_cap) for host, hv in hosts.items()}
 
     # ---- roles: every service host in exactly one role group -------------------------
     role_of: dict[str, str] = {}
@@ -239,9 +398,18 @@ def build_plan(
             "group single/prefill/decode: none has hosts; expected a 'single' group (one node "
             "serves alone) or 'prefill' + 'decode' groups (PD disaggregation)"
         )
+    proxy_group = [h for h in groups.get("proxy", []) if h in hosts]
     for host in hosts:
-        if host not in role_of:
+        if host not in role_of and host not in proxy_group:
             rep.warn(f"host {host}: in no role group (single/prefill/decode); nothing is deployed there")
+    if proxy_group and not pd:
+        rep.warn(f"group proxy: {', '.join(proxy_group)} ignored; a single-node deployment has no PD proxy")
+    for host in [*role_of, *(h for h in proxy_group if h not in role_of)]:
+        if not SAFE_NAME.fullmatch(host):
+            rep.error(
+                f"host {host!r}: the inventory name is written into the host's scripts; expected "
+                "letters, digits, '.', '_' or '-' (at most 63, no spaces or shell characters): rename it"
+            )
 
     if rep.errors and not role_of:
         plan.update(errors=rep.errors, warnings=rep.warnings)
@@ -292,6 +460,8 @@ def build_plan(
                 f"master address need an IP: set fleet_node_ip for {host}"
             )
         addresses.setdefault(str(node_ip), []).append(host)
+        if str(conn) != str(node_ip):
+            addresses.setdefault(str(conn), []).append(host)
 
         hw = var(host, "fleet_hw_kind")
         if hw not in recipe["hardware"]:
@@ -346,11 +516,36 @@ def build_plan(
             "instance_name": str(instance),
         }
 
+    # A dedicated proxy host (group proxy, no engine): its address is checked like the others.
+    for host in proxy_group if pd else []:
+        if host in role_of:
+            continue
+        allow_ph = var(host, "fleet_allow_placeholder_addresses", allow_ph_default)
+        conn = str(var(host, "ansible_host", host))
+        node_ip = str(var(host, "fleet_node_ip", conn))
+        for label, value in [("ansible_host", conn)] + (
+            [("fleet_node_ip", node_ip)] if hosts[host].get("fleet_node_ip") is not None else []
+        ):
+            problem = _address_problem(value, allow_ph)
+            if problem:
+                rep.error(
+                    f"host {host} (proxy): {label} = {value!r} is {problem}; set {label} for {host} "
+                    "in the inventory to the proxy host's real address"
+                )
+        if not _address_problem(node_ip, True) and not _is_ip(node_ip):
+            rep.error(
+                f"host {host} (proxy): address {node_ip!r} is a hostname; the proxy binds an IP: "
+                f"set fleet_node_ip for {host}"
+            )
+        for addr in {conn, node_ip}:
+            addresses.setdefault(addr, []).append(host)
+
     for addr, owners in addresses.items():
+        owners = list(dict.fromkeys(owners))
         if len(owners) > 1:
             rep.error(
-                f"hosts {', '.join(owners)}: share the address {addr}; each node needs its own "
-                "(fix ansible_host / fleet_node_ip)"
+                f"hosts {', '.join(owners)}: share the address {addr}, the same machine under "
+                f"{len(owners)} names; each node needs its own (fix ansible_host / fleet_node_ip)"
             )
 
     # ---- instances ---------------------------------------------------------------------
@@ -366,6 +561,13 @@ def build_plan(
                 nodes_of[key].append(host)
 
     for key in order:
+        kinds = {h: basics[h]["hw_kind"] for h in nodes_of[key]}
+        if len(set(kinds.values())) > 1:
+            rep.error(
+                f"instance {key.split(':', 1)[1]}: mixes hardware kinds in one DP group ("
+                + ", ".join(f"{h} {k}" for h, k in kinds.items())
+                + "); a DP group runs on one kind: fix fleet_hw_kind or split the instance (fleet_instance)"
+            )
         for name in INSTANCE_VARS:
             seen = {repr(_plain(hosts[h].get(name))) for h in nodes_of[key]}
             if len(seen) > 1:
@@ -451,7 +653,15 @@ def build_plan(
             base = var(first, "fleet_kv_port_base", kv["port_base"])
             stride = var(first, "fleet_kv_port_stride", kv["port_stride"])
             inst["kv_port"] = var(first, "fleet_kv_port", base + engine_id * stride if _is_int(engine_id) else base)
-            inst["kv_port_range"] = [inst["kv_port"], inst["kv_port"] + dp_size * tp - 1]
+            if _is_int(dp_size) and _is_int(tp):
+                inst["kv_port_range"] = [inst["kv_port"], inst["kv_port"] + dp_size * tp - 1]
+            other = next((i for i in instances if i.get("kv_port") == inst["kv_port"]), None)
+            if other is not None:
+                rep.error(
+                    f"instance {inst['name']}: kv_port {inst['kv_port']} is also the kv_port of instance "
+                    f"{other['name']}; the tutorial: the kv_port must be unique for each P instance "
+                    "(fleet_kv_port, or fleet_engine_id with fleet_kv_port_base/stride)"
+                )
         instances.append(inst)
 
     # kv_connector_extra_config: the real sizes of the prefill and decode sides.
@@ -522,9 +732,12 @@ def build_plan(
                 )
             ranks.append(rank)
         if b["role"] == "single":
-            ranks = [
-                {"local": 0, "dp_rank": 0, "api_port": api_port, "devices": ",".join(str(d) for d in range(tp * local))}
-            ]
+            all_devs = (
+                ",".join(str(e) for e in devices_override)
+                if devices_override is not None
+                else ",".join(str(d) for d in range(tp * local))
+            )
+            ranks = [{"local": 0, "dp_rank": 0, "api_port": api_port, "devices": all_devs}]
         # device list sanity
         if devices_override is not None:
             if len(devices_override) != local:
@@ -583,7 +796,9 @@ def build_plan(
                 "engine_id": str(inst["engine_id"]),
                 "kv_connector_extra_config": extra,
             }
-        serve = apply_serve_changes(profile["serve"], var(host, "fleet_serve_overrides", {}), [])
+        overrides = var(host, "fleet_serve_overrides", {})
+        _check_owned_flags(host, overrides, spec, rep)
+        serve = apply_serve_changes(profile["serve"], overrides, [])
         markers = {
             "@tp_size@": tp,
             "@dp_size@": inst["dp_size"],
@@ -596,23 +811,37 @@ def build_plan(
                 serve_args.append([pair[0], None])
                 continue
             value = markers.get(pair[1], pair[1]) if isinstance(pair[1], str) else pair[1]
-            serve_args.append([pair[0], shell_value(value)])
+            serve_args.append([pair[0], shell_value(value, trusted=pair[0] not in overrides)])
         env = [list(p) for p in profile["env"]]
         env_over = var(host, "fleet_env_overrides", {})
         timeout = var(host, "fleet_engine_ready_timeout_s")
         if timeout is not None and "VLLM_ENGINE_READY_TIMEOUT_S" not in env_over:
             env_over = {**env_over, "VLLM_ENGINE_READY_TIMEOUT_S": str(timeout)}
+        if b["role"] == "single" and devices_override is not None and "ASCEND_RT_VISIBLE_DEVICES" not in env_over:
+            # fleet_visible_devices on a single node: the one engine sees exactly these devices
+            env_over = {**env_over, "ASCEND_RT_VISIBLE_DEVICES": ranks[0]["devices"]}
         for name, value in env_over.items():
             idx = next((i for i, p in enumerate(env) if p[0] == name), None)
-            if value is None:
+            # A user's value is quoted: it reaches the environment literally, never the shell.
+            text = shlex.quote(_scalar_text(value)) if value is not None else None
+            if text is None:
                 env = [p for p in env if p[0] != name]
             elif idx is None:
-                env.append([name, str(value)])
+                env.append([name, text])
             else:
-                env[idx] = [name, str(value)]
+                env[idx] = [name, text]
                 env = [p for i, p in enumerate(env) if p[0] != name or i == idx]
 
         model_path = var(host, "fleet_model_path", recipe["model"]["path"])
+        cache_dir = str(var(host, "weights_cache_dir", "/root/.cache"))
+        cache_norm = posixpath.normpath(cache_dir) if cache_dir.startswith("/") else None
+        if cache_norm is None or not model_path.startswith(cache_norm.rstrip("/") + "/"):
+            rep.error(
+                f"host {host}: fleet_model_path = {model_path!r} is not inside weights_cache_dir = "
+                f"{cache_dir!r}; the engines mount only weights_cache_dir, so they would not find the "
+                "weights: put fleet_model_path under weights_cache_dir (or set weights_cache_dir to a "
+                "directory above it)"
+            )
         image = var(
             host,
             "fleet_image",
@@ -629,8 +858,15 @@ def build_plan(
                 ["--dp-rpc-port", inst["dp_rpc_port"]],
                 ["--vllm-start-port", start_port],
             ]
+        device_map = []
+        if b["role"] != "single" and devices_override is not None:
+            for r in ranks:
+                given = ",".join(str(d) for d in range(r["local"] * tp, (r["local"] + 1) * tp))
+                if r["devices"] != given:
+                    device_map.append([given, r["devices"]])
         entry = {
             **b,
+            "device_map": device_map,
             "instance": inst["name"],
             "tp_size": tp,
             "dp_size": inst["dp_size"],
@@ -703,12 +939,46 @@ def build_plan(
                 for r in plan["hosts"][host]["ranks"]:
                     proxy[inst["role"]].append([plan["hosts"][host]["node_ip"], r["api_port"]])
         plan["proxy"] = proxy
-        plan["entrypoint"] = {"host": proxy["host"], "address": proxy["address"], "port": proxy["port"]}
+        first_prefill = plan["hosts"][next(i for i in instances if i["role"] == "prefill")["master"]]
+        plan["entrypoint"] = {
+            "host": proxy["host"],
+            "address": proxy["address"],
+            "port": proxy["port"],
+            "served_name": first_prefill["served_name"],
+        }
         if proxy["host"] in plan["hosts"]:
             plan["hosts"][proxy["host"]]["proxy"] = proxy
+        else:
+            # A dedicated proxy host (group proxy): no engine, only proxy.sh, in the engine image.
+            host = proxy["host"]
+            kind = var(host, "fleet_hw_kind")
+            kind = kind if kind in recipe["hardware"] else first_prefill["hw_kind"]
+            plan["proxy_hosts"][host] = {
+                "host": host,
+                "role": "proxy",
+                "instance": "proxy",
+                "profile": "proxy",
+                "hw_kind": kind,
+                "node_ip": proxy["address"],
+                "connect_address": str(var(host, "ansible_host", host)),
+                "image": var(
+                    host,
+                    "fleet_image",
+                    "{}:{}{}".format(image_repo, recipe["image"]["tag"], recipe["image"]["tag_suffix"].get(kind, "")),
+                ),
+                "files": ["proxy.sh"],
+                "is_proxy": True,
+                "proxy": proxy,
+                "bound_ports": [proxy["port"]],
+            }
     elif not pd and plan["hosts"]:
         first = next(iter(plan["hosts"].values()))
-        plan["entrypoint"] = {"host": first["host"], "address": first["node_ip"], "port": first["api_ports"][0]}
+        plan["entrypoint"] = {
+            "host": first["host"],
+            "address": first["node_ip"],
+            "port": first["api_ports"][0],
+            "served_name": first["served_name"],
+        }
 
     plan["instances"] = [{k: v for k, v in i.items() if k != "key"} for i in instances]
     _warn_risky(plan, recipe, rep)
@@ -729,9 +999,47 @@ def serve_argv(entry: dict[str, Any]) -> list[str]:
         "6": str(entry["dp_rpc_port"]),
         "7": str(entry["tp_size"]),
     }
-    text = " ".join(flag if value is None else f"{flag} {value}" for flag, value in entry["script"]["serve_args"])
-    text = re.sub(r"\$(\d)", lambda m: shlex.quote(positional.get(m.group(1), m.group(0))), text)
-    return [entry["model_path"], *shlex.split(text)]
+    argv = [entry["model_path"]]
+    for flag, value in entry["script"]["serve_args"]:
+        argv.append(flag)
+        if value is None:
+            continue
+        if POSITIONAL.fullmatch(value):
+            argv.append(positional[value[1]])
+        else:
+            argv.extend(shlex.split(value))
+    return argv
+
+
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _check_owned_flags(host: str, overrides: dict[str, Any], spec: FlagSpec, rep: Report) -> None:
+    """Refuse overrides of what the plan computes (ports, DP/TP layout, kv identity, API key)."""
+    for flag, value in overrides.items():
+        found = spec.lookup(flag)
+        dest = found[0].dest if found else ""
+        if dest in PLAN_OWNED_DESTS or dest.startswith("data_parallel_"):
+            rep.error(
+                f"host {host}: fleet_serve_overrides sets {flag}, which the plan owns; expected it "
+                "unset there: use the fleet_* variable instead (fleet_api_port / fleet_vllm_start_port, "
+                "fleet_tp_size, fleet_dp_size, fleet_dp_size_local, fleet_dp_rank_start, fleet_dp_address, "
+                "fleet_dp_rpc_port)"
+            )
+        if dest == "kv_transfer_config" and value is not None:
+            try:
+                cfg = _json_value(value)
+            except json.JSONDecodeError:
+                continue  # reported by the flag check
+            owned = [k for k in ("kv_port", "engine_id") if isinstance(cfg, dict) and k in cfg]
+            if owned:
+                rep.error(
+                    f"host {host}: fleet_serve_overrides sets {', '.join(owned)} inside {flag}; the plan "
+                    "owns them: use fleet_kv_port / fleet_engine_id"
+                )
 
 
 def _check_serve(host: str, entry: dict[str, Any], spec: FlagSpec, rep: Report) -> None:

@@ -30,16 +30,17 @@ from ascend_fleet.topology import FLEET_VARS, build_plan  # noqa: E402  (same re
 display = Display()
 
 
-def role_bool_options() -> set[str]:
-    """Every boolean option declared in the roles' meta/argument_specs.yml."""
-    names: set[str] = set()
+def role_option_types() -> dict[str, str]:
+    """Every documented role option (meta/argument_specs.yml) with its declared type."""
+    types: dict[str, str] = {}
     for spec_file in sorted((REPO_ROOT / "roles").glob("*/meta/argument_specs.yml")):
         data = yaml.safe_load(spec_file.read_text()) or {}
         for entry in (data.get("argument_specs") or {}).values():
             for name, opt in (entry.get("options") or {}).items():
-                if (opt or {}).get("type") == "bool":
-                    names.add(name)
-    return names
+                kind = (opt or {}).get("type")
+                if kind:
+                    types.setdefault(name, kind)
+    return types
 
 
 class ActionModule(ActionBase):
@@ -54,14 +55,14 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(f"fleet_plan: mode must be render or deploy, got {mode!r}")
         hostvars = task_vars["hostvars"]
         groups = {name: list(hosts) for name, hosts in task_vars["groups"].items()}
-        bool_vars = role_bool_options()
-        wanted = set(FLEET_VARS) | bool_vars | {"ansible_host"}
+        option_types = role_option_types()
+        wanted = set(FLEET_VARS) | set(option_types) | {"ansible_host"}
         hosts = {}
         for host in groups.get("all", []):
             hv = hostvars[host]
             keys = [k for k in hv if k in wanted or k.startswith("fleet_")]
             hosts[host] = {k: hv[k] for k in keys}
-        plan = build_plan(hosts, groups, mode=mode, bool_vars=bool_vars)
+        plan = build_plan(hosts, groups, mode=mode, option_types=option_types)
         for warning in plan["warnings"]:
             display.warning(f"fleet: {warning}")
         result["changed"] = False
