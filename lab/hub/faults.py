@@ -8,7 +8,11 @@ Examples::
     python lab/hub/faults.py --hub ... corrupt [--file F]
     python lab/hub/faults.py --hub ... error --code 503 [--times N]
     python lab/hub/faults.py --hub ... throttle 5                        # MB/s; 0 = off
+    python lab/hub/faults.py --hub ... token SECRET | off               # require a token (401)
+    python lab/hub/faults.py --hub ... evil ../../escape | /tmp/x | off  # hostile listing path
     python lab/hub/faults.py --hub ... clear | show | log | reset
+
+``clear`` and ``reset`` also switch the token requirement and the hostile path off.
 
 Stdlib only. Prints the hub's JSON answer.
 """
@@ -51,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--retry-after", type=int, default=1, help="Retry-After header (seconds)")
     t = sub.add_parser("throttle", help="limit downloads to N MB/s (0 = off)")
     t.add_argument("mbps", type=float)
+    k = sub.add_parser("token", help="require this hub token on every API call ('off': none)")
+    k.add_argument("value")
+    v = sub.add_parser("evil", help="add a file with this hostile path to the listing ('off')")
+    v.add_argument("path")
     for name in ("clear", "show", "log", "reset"):
         sub.add_parser(name)
     args = p.parse_args(argv)
@@ -64,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                                            "retry_after": args.retry_after})
     elif args.cmd == "throttle":
         out = set_faults(args.hub, throttle_mbps=args.mbps)
+    elif args.cmd == "token":
+        out = set_faults(args.hub, token=None if args.value == "off" else args.value)
+    elif args.cmd == "evil":
+        out = set_faults(args.hub, evil=None if args.path == "off" else args.path)
     elif args.cmd == "clear":
         out = set_faults(args.hub, clear=True)
     elif args.cmd == "show":

@@ -25,6 +25,10 @@ Fault switches (start flags or the admin endpoint; faults.py is a small client):
 - corrupt:  serve wrong bytes for a file while the listing keeps the true sha256
 - error:    answer every API request with an HTTP 5xx (optionally only N times)
 - throttle: limit file downloads to N MB/s
+- token:    require this access token (``Authorization: Bearer T`` or the ``m_session_id``
+            cookie, as the real clients send it) on every API call; 401 otherwise
+- evil:     add a file with this (hostile) path to the listing, e.g. ``../../etc/evil`` or
+            ``/tmp/evil``, served like any other file (a client must refuse it)
 
 Stdlib only (``http.server.ThreadingHTTPServer``) so it runs on any Python 3.9+.
 """
@@ -32,6 +36,8 @@ Stdlib only (``http.server.ThreadingHTTPServer``) so it runs on any Python 3.9+.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import json
 import re
 import sys
@@ -48,6 +54,8 @@ import repo
 DEFAULT_MODEL = "Eco-Tech/DeepSeek-V4-Flash-w8a8-mtp"
 REVISION = "master"
 CHUNK = 64 * 1024
+# What the "evil" listing entry holds: a client that writes it left its directory.
+EVIL_BODY = b"lab hub: written outside the model directory\n"
 
 
 class Faults:
@@ -65,6 +73,8 @@ class Faults:
         self.corrupt: dict | None = None
         self.error: dict | None = None
         self.throttle_mbps: float | None = None
+        self.token: str | None = None
+        self.evil: str | None = None
 
     def update(self, body: dict) -> None:
         """Apply an admin request, e.g. ``{"drop": {"file": null}}``, ``{"clear": true}``.
@@ -90,11 +100,33 @@ class Faults:
             if "throttle_mbps" in body:
                 t = body["throttle_mbps"]
                 self.throttle_mbps = None if t in (None, 0) else float(t)
+            if "token" in body:
+                self.token = None if body["token"] in (None, "", "off") else str(body["token"])
+            if "evil" in body:
+                self.evil = None if body["evil"] in (None, "", "off") else str(body["evil"])
 
     def snapshot(self) -> dict:
         with self.lock:
             return {"drop": self.drop, "corrupt": self.corrupt, "error": self.error,
-                    "throttle_mbps": self.throttle_mbps}
+                    "throttle_mbps": self.throttle_mbps,
+                    # Whether a token is required, never the token itself.
+                    "token_required": self.token is not None, "evil": self.evil}
+
+    def token_ok(self, headers) -> bool:
+        """True when no token is required, or the request carries it (header or cookie)."""
+        with self.lock:
+            want = self.token
+        if want is None:
+            return True
+        offered = []
+        auth = headers.get("Authorization") or ""
+        if auth.startswith("Bearer "):
+            offered.append(auth[len("Bearer "):].strip())
+        for part in (headers.get("Cookie") or "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name in ("m_session_id", "modelscope_session"):
+                offered.append(value)
+        return any(hmac.compare_digest(o.encode(), want.encode()) for o in offered)
 
     def take_error(self) -> tuple[int, int] | None:
         """(status, Retry-After seconds) to answer with; consumes one use of a counted fault."""
@@ -212,6 +244,11 @@ class Handler(BaseHTTPRequestHandler):
                  "file": query.get("FilePath"), "range": self.headers.get("Range"),
                  "status": None, "sent": 0}
         hub.record(entry)
+        if not hub.faults.token_ok(self.headers):
+            entry["status"] = 401
+            self._json(401, envelope(None, 401, "Unauthorized: a valid access token is required",
+                                     False))
+            return
         error = hub.faults.take_error()
         if error is not None:
             # Retry-After keeps the clients' retry loops short (urllib3 honours it on 503).
@@ -255,6 +292,12 @@ class Handler(BaseHTTPRequestHandler):
     # -- ModelScope answers ------------------------------------------------------------
     def _listing(self) -> list[dict]:
         out = []
+        evil = self.hub.faults.snapshot()["evil"]
+        if evil:
+            out.append({"Name": Path(evil).name, "Path": evil, "Type": "blob",
+                        "Size": len(EVIL_BODY), "Sha256": hashlib.sha256(EVIL_BODY).hexdigest(),
+                        "IsLFS": False, "Revision": self.hub.commit,
+                        "CommitId": self.hub.commit, "Mode": "100644"})
         for path, meta in self.hub.files.items():
             out.append({
                 "Name": Path(path).name, "Path": path, "Type": "blob",
@@ -273,6 +316,15 @@ class Handler(BaseHTTPRequestHandler):
     def _file(self, path: str, entry: dict) -> None:
         hub = self.hub
         meta = hub.files.get(path)
+        if meta is None and path and path == hub.faults.snapshot()["evil"]:
+            entry["status"] = 200
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(EVIL_BODY)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(EVIL_BODY)
+            return
         if meta is None:
             entry["status"] = 404
             self._json(404, envelope(None, 404, f"file {path!r} not found", False))

@@ -87,6 +87,10 @@ class RunningHub:
     def reset(self) -> None:
         faults.call(self.url, "/_lab/reset", {})
 
+    def set(self, **switches) -> dict:
+        """Switch faults/settings on, e.g. ``set(token="T", throttle_mbps=4)``."""
+        return faults.set_faults(self.url, **switches)
+
     def log(self) -> list[dict]:
         return faults.call(self.url, "/_lab/log")["requests"]
 
