@@ -72,7 +72,10 @@ FLEET_VARS: dict[str, tuple[type, ...]] = {
     "fleet_container_prefix": (str,),
     "fleet_allow_placeholder_addresses": (bool,),
     "fleet_render_dir": (str,),
+    "fleet_api_key": (str,),
 }
+# Values never repeated in a message (errors name the variable, not the secret).
+SECRET_VARS = frozenset({"fleet_api_key", "weights_token", "image_registry_password"})
 # Instance-level values: every host of one instance must agree on them.
 INSTANCE_VARS = (
     "fleet_engine_id",
@@ -210,8 +213,9 @@ def check_types(
             hint = ""
             if bool in types and isinstance(value, str):
                 hint = " (true/false/yes/no)"
+            shown = "(value not shown)" if name in SECRET_VARS else repr(value)
             rep.error(
-                f"host {host}: {name} = {value!r} is a {_typename(value)}; expected {_expected(types)}{hint} "
+                f"host {host}: {name} = {shown} is a {_typename(value)}; expected {_expected(types)}{hint} "
                 f"(set {name} for {host} in the inventory or with -e)"
             )
             continue

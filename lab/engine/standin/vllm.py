@@ -896,7 +896,10 @@ def serve(argv: list[str]) -> int:
     except EngineError as exc:
         return fail(exc)
 
-    engine = Engine(names, model, int(max_len), v.get("api_key"), kv, side,
+    # As vLLM's api_server: the --api-key values, else VLLM_API_KEY from the environment;
+    # then every /v1/* path needs "Authorization: Bearer <key>" (/health stays open).
+    api_keys = v.get("api_key") or ([os.environ["VLLM_API_KEY"]] if os.environ.get("VLLM_API_KEY") else None)
+    engine = Engine(names, model, int(max_len), api_keys, kv, side,
                     int(dp_rank or 0), tp, host_ip)
     handler = type("BoundHandler", (Handler,), {"engine": engine})
     server = Server((host or "0.0.0.0", port), handler, bind_and_activate=False)
