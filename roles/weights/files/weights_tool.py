@@ -398,7 +398,7 @@ class MarkerFilesHandler(http.server.BaseHTTPRequestHandler):
             return
         try:
             path = safe_path(self.directory, rel, "request")
-            fh = open(path, "rb")  # noqa: SIM115 (closed by the with below, after the 404 branch)
+            fh = open(path, "rb")  # noqa: SIM115 (closed by the with block below)
         except (Refused, OSError):
             self.send_error(404, "not a verified file")
             return
