@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .recipes import DEFAULT_RECIPE, RecipeError, apply_serve_changes, load_recipe
+from .shellenv import ShellEnvError
+from .shellenv import for_kind as shell_env_for_kind
 from .serveflags import FlagSpec, ServeFlagError, parse_serve_argv
 
 ROLE_GROUPS = ("single", "prefill", "decode")
@@ -868,6 +870,11 @@ def _build_plan(
                 given = ",".join(str(d) for d in range(r["local"] * tp, (r["local"] + 1) * tp))
                 if r["devices"] != given:
                     device_map.append([given, r["devices"]])
+        try:  # the image's ~/.bashrc lines the engine start applies (recipe shell_env)
+            shell_env = shell_env_for_kind(recipe, b["hw_kind"])
+        except ShellEnvError as exc:
+            rep.error(str(exc))
+            shell_env = {"source": [], "export": []}
         entry = {
             **b,
             "device_map": device_map,
@@ -903,6 +910,7 @@ def _build_plan(
                 "args": launcher_args,
             },
             "is_proxy": bool(proxy and host == proxy["host"]),
+            "shell_env": shell_env,
         }
         entry["files"] = (["serve.sh"] if b["role"] == "single" else ["run_dp_template.sh", "launch.sh"]) + (
             ["proxy.sh"] if entry["is_proxy"] else []

@@ -14,6 +14,9 @@ Writes into DIR:
   npu-smi-info.txt                npu-smi info
   hccn/device-<N>.txt             every hccn_tool query of device N
   manifest.json                   every command run: exit code, seconds, output file
+and from "ascend_log_dir" (the host directory that is the engine's ~/ascend), when given:
+  ascend/log/, ascend/log.<time>/ CANN/HCCL logs (plog) of this start and the kept earlier
+                                  ones (added to the tarball straight from the node's disk)
 then packs DIR's content into the gzipped tarball FILE (one file to fetch). A container
 or directory that is absent is recorded as such; nothing fails the run.
 """
@@ -134,6 +137,12 @@ def main():
                 out.write(b"\n")
             os.remove(part)
 
+    ascend_dir = req.get("ascend_log_dir") or ""
+    logs = []
+    if ascend_dir and os.path.isdir(ascend_dir):
+        logs = sorted(e for e in os.listdir(ascend_dir) if e == "log" or e.startswith("log."))
+    summary["ascend_logs"] = {"dir": ascend_dir or None, "entries": logs}
+
     summary["commands"] = manifest
     with open(os.path.join(a.out, "manifest.json"), "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2, sort_keys=True)
@@ -141,6 +150,8 @@ def main():
     with tarfile.open(a.archive, "w:gz") as tar:
         for entry in sorted(os.listdir(a.out)):
             tar.add(os.path.join(a.out, entry), arcname=entry)
+        for entry in logs:
+            tar.add(os.path.join(ascend_dir, entry), arcname=f"ascend/{entry}")
     print(
         json.dumps(
             {
