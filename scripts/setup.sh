@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in docker.io docker-registry debootstrap openssh-client iproute2 iputils-ping rsync; do
+for pkg in docker.io docker-registry debootstrap openssh-client iproute2 iputils-ping rsync chromium; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

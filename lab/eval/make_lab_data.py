@@ -109,7 +109,7 @@ def main() -> int:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(gpqa)
     write(DATASETS / "gpqa" / "gpqa_diamond.csv", buf.getvalue())
-    key = {"gsm8k": {r["question"]: r["answer"].split("#### ")[1] for r in test + train},
+    key = {"gsm8k": {r["question"]: r["answer"].split("#### ")[1] for r in test},
            "gpqa": {r[7]: r[8] for r in gpqa[1:]}}
     write(MODEL / "lab_eval_answers.json", json.dumps(key, indent=1, ensure_ascii=False) + "\n")
     corpus = [r["question"] + "\n" + r["answer"] for r in train + test]

@@ -1,0 +1,37 @@
+"""Filters of the eval role: the smoke paths and the thresholds (``ascend_fleet.evaluation``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ansible.errors import AnsibleFilterError
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from ascend_fleet import evaluation  # noqa: E402  (needs the sys.path line)
+from ascend_fleet.recipes import RecipeError, load_recipe  # noqa: E402  (same)
+
+
+def eval_thresholds(recipe_id: str, overrides: dict | None = None) -> dict:
+    try:
+        return evaluation.thresholds(load_recipe(recipe_id), overrides or {})
+    except (evaluation.EvalError, RecipeError) as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+def eval_recipe(recipe_id: str) -> dict:
+    """The recipe's ``evaluation`` block."""
+    try:
+        return load_recipe(recipe_id).get("evaluation") or {}
+    except RecipeError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+class FilterModule:
+    def filters(self):
+        return {"fleet_eval_smoke_paths": evaluation.smoke_paths,
+                "fleet_eval_thresholds": eval_thresholds,
+                "fleet_eval_recipe": eval_recipe}
