@@ -25,6 +25,12 @@ No NPU is used and no model is run. What it does check and simulate:
   a prefill leg (``kv_transfer_params.do_remote_decode``) answers with ``kv_transfer_params``
   naming its side channel, and the decode leg pulls from that side channel before answering
   (so a broken network between P and D shows up as a failed request);
+- Mooncake's library: a rank with a Mooncake connector imports ``mooncake.engine``, whose
+  ``ascend_transport.so`` lives in ``/usr/local/lib`` of the image and is found only through
+  ``LD_LIBRARY_PATH`` (the image's ``~/.bashrc`` adds it); without it the rank fails with
+  Mooncake's import error (vllm-project/vllm-ascend#6949);
+- CANN's process log: every start writes a plog file under ``~/ascend/log/debug/plog/``
+  (``$ASCEND_PROCESS_LOG_PATH`` instead when set), as CANN does;
 - the OpenAI server: ``/health``, ``/v1/models``, ``/v1/completions``,
   ``/v1/chat/completions`` (JSON and SSE), ``/version``, ``/metrics``, with a deterministic
   answer, and vLLM-like log lines on stdout.
@@ -40,9 +46,11 @@ in the image (root ``/opt/ascend-fleet-lab``), next to ``<root>/ascend_fleet/ser
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -74,6 +82,8 @@ OTHER_CONNECTORS = {"MooncakeConnectorStoreV1", "AscendStoreConnector", "LMCache
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 DEFAULT_DP_RPC_PORT = 29550
+# Mooncake (built with USE_ASCEND_DIRECT, `make install` into /usr/local, no ldconfig).
+MOONCAKE_LIBRARY = "ascend_transport.so"
 DEFAULT_KV_PORT = 14579
 
 
@@ -583,8 +593,84 @@ def prompt_text(body: dict, chat: bool) -> str:
     return " ".join(map(str, prompt)) if isinstance(prompt, list) else str(prompt)
 
 
+# -- answering: the lab's evaluation datasets, token rate, lab switches ------------------------
+
+SWITCHES_FILE = "/root/.cache/ascend-fleet-lab/engine.json"
+SWITCH_DEFAULTS = {"accuracy": 0.95, "token_rate": 200.0, "prefill_rate": 20000.0,
+                   "kv_broken": []}
+_switches: dict = {"mtime": None, "values": dict(SWITCH_DEFAULTS)}
+_answer_keys: dict = {}
+
+
+def switches() -> dict:
+    """The lab switches (``labctl engine``): a JSON file on the node's shared cache, re-read
+    when it changes. ``accuracy`` (0..1) of the answers to the evaluation datasets,
+    ``token_rate`` (tokens/s of one request), ``prefill_rate`` (prompt tokens/s before the
+    first token), ``kv_broken`` ([[prefill address, decode address], ...]: KV paths down)."""
+    path = Path(os.environ.get("ASCEND_FLEET_LAB_SWITCHES", SWITCHES_FILE))
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        mtime = None
+    if mtime != _switches["mtime"]:
+        values = dict(SWITCH_DEFAULTS)
+        if mtime is not None:
+            with contextlib.suppress(OSError, ValueError):
+                loaded = json.loads(path.read_text())
+                if isinstance(loaded, dict):
+                    values.update({k: v for k, v in loaded.items() if k in SWITCH_DEFAULTS})
+        _switches.update(mtime=mtime, values=values)
+    return _switches["values"]
+
+
+def answer_key(model: str) -> dict:
+    """``lab_eval_answers.json`` of the model directory: {dataset: {question: answer}},
+    with each dataset's questions ranked by hash (the first ``accuracy`` share is answered
+    right, so the score is exact: 19 of 20 at 0.95)."""
+    if model not in _answer_keys:
+        key = {}
+        with contextlib.suppress(OSError, ValueError):
+            raw = json.loads((Path(model) / "lab_eval_answers.json").read_text())
+            for dataset, qa in raw.items():
+                ranked = sorted(qa, key=lambda q: hashlib.sha256(q.encode()).hexdigest())
+                key[dataset] = {" ".join(q.split()): (str(qa[q]), i, len(ranked))
+                                for i, q in enumerate(ranked)}
+        _answer_keys[model] = key
+    return _answer_keys[model]
+
+
+def lab_answer(model: str, prompt: str, accuracy: float) -> str | None:
+    """The reply to a question of the lab's datasets (the one asked last in the prompt)."""
+    flat = " ".join(prompt.split())
+    best = None
+    for dataset, qa in answer_key(model).items():
+        for question, entry in qa.items():
+            at = flat.rfind(question)
+            if at >= 0 and (best is None or at > best[0]):
+                best = (at, dataset, entry)
+    if best is None:
+        return None
+    _, dataset, (answer, rank, total) = best
+    right = rank < round(accuracy * total)
+    if dataset == "gsm8k":
+        value = answer if right else str(int(answer) + 1)
+        return f"Multiply the boxes by their size, then subtract what was given away.\nanswer:{value}"
+    options = dict(re.findall(r"\(([ABCD])\)\s*([^\n]*)", prompt))
+    letters = [k for k, v in options.items() if v.strip() == answer]
+    letter = letters[0] if letters else "A"
+    if not right:
+        letter = "ABCD"[("ABCD".index(letter) + 1) % 4]
+    return f"The charge is protons minus electrons. The correct answer is ({letter})"
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def get_request(self):
+        # As uvicorn: no Nagle delay on small SSE chunks (else ~40 ms more per token).
+        conn, address = super().get_request()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn, address
 
     def handle_error(self, request, client_address) -> None:
         # A client that gave up (e.g. a health probe queued while the engine was starting)
@@ -710,6 +796,11 @@ class Handler(BaseHTTPRequestHandler):
         elif e.kv and params.get("do_remote_prefill"):
             # Decode leg: fetch the KV cache from the prefill engine named in the params.
             try:
+                if [str(params.get("remote_host")), e.host_ip] in switches()["kv_broken"]:
+                    # lab switch: this P->D path is down (as an unreachable RDMA peer)
+                    raise RuntimeError(f"KV transfer from {params.get('remote_host')}:"
+                                       f"{params.get('remote_port')} failed: [Errno 113] "
+                                       "No route to host")
                 source = pull_kv(params, e.kv["engine_id"])
             except RuntimeError as exc:
                 log("ERROR", "mooncake_connector.py:1033", str(exc))
@@ -724,18 +815,27 @@ class Handler(BaseHTTPRequestHandler):
             log("WARNING", "mooncake_connector.py:980",
                 "request without kv_transfer_params on a decode instance: prefilling locally")
 
-        text = ANSWER.format(version=VERSION, prompt=" ".join(words(prompt)[:24]))
+        lab = switches()
+        text = lab_answer(e.model, prompt, float(lab["accuracy"]))
+        if text is None:
+            text = ANSWER.format(version=VERSION, prompt=" ".join(words(prompt)[:24]))
         tokens = words(text)
+        if body.get("ignore_eos") and len(tokens) < max_tokens:  # benchmarks: fixed lengths
+            tokens = (tokens * (max_tokens // len(tokens) + 1))[:max_tokens]
         out = tokens[:max_tokens]
-        finish = "length" if len(out) < len(tokens) else "stop"
+        finish = "length" if len(out) < len(tokens) or body.get("ignore_eos") else "stop"
+        # The "compute": the prompt at prefill_rate, then one token every 1/token_rate s.
+        prefill_s = prompt_tokens / max(float(lab["prefill_rate"]), 1e-3)
+        token_s = 1 / max(float(lab["token_rate"]), 1e-3)
         with e.lock:
             e.served += 1
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + len(out),
                  "completion_tokens": len(out), "prompt_tokens_details": None}
         if body.get("stream"):
-            self._stream(ident, model, out, finish, chat, usage, body)
+            self._stream(ident, model, out, finish, chat, usage, body, prefill_s, token_s)
             return
+        time.sleep(prefill_s + token_s * len(out))
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": " ".join(out),
                                               "reasoning_content": None, "tool_calls": []},
@@ -749,7 +849,8 @@ class Handler(BaseHTTPRequestHandler):
             "prompt_logprobs": None, "kv_transfer_params": answer_params,
         })
 
-    def _stream(self, ident, model, out, finish, chat, usage, body) -> None:
+    def _stream(self, ident, model, out, finish, chat, usage, body, prefill_s=0.0,
+                token_s=0.0) -> None:
         """Server-sent events, one token per event, then ``data: [DONE]`` (chunked)."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -779,7 +880,10 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if chat:
                 event(chunk(None, None, first=True))
+            time.sleep(prefill_s)
             for i, word in enumerate(out):
+                if i:
+                    time.sleep(token_s)
                 piece = word if i == 0 else " " + word
                 event(chunk(piece, finish if i == len(out) - 1 else None))
             if (body.get("stream_options") or {}).get("include_usage"):
@@ -813,6 +917,41 @@ def advertised_ip(host: str | None) -> str:
 # -- vllm serve -------------------------------------------------------------------------------
 
 USAGE = "usage: vllm serve [model_tag] [options]"
+
+
+def check_mooncake_library(connector: str) -> None:
+    """``from mooncake.engine import TransferEngine`` as the connector module does: the
+    dynamic loader finds ascend_transport.so only in an LD_LIBRARY_PATH directory."""
+    for directory in os.environ.get("LD_LIBRARY_PATH", "").split(":"):
+        if directory and (Path(directory) / MOONCAKE_LIBRARY).is_file():
+            return
+    module = {"MooncakeHybridConnector": "mooncake_hybrid_connector",
+              "MooncakeLayerwiseConnector": "mooncake_layerwise_connector"}.get(connector, "mooncake_connector")
+    with _log_lock:
+        print("Traceback (most recent call last):\n"
+              f'  File "/vllm-workspace/vllm-ascend/vllm_ascend/distributed/kv_transfer/kv_p2p/{module}.py", '
+              "line 23, in <module>\n"
+              "    from mooncake.engine import TransferEngine  # type: ignore", file=sys.stderr, flush=True)
+    raise EngineError(f"{MOONCAKE_LIBRARY}: cannot open shared object file: No such file or directory",
+                      "ImportError")
+
+
+def write_plog() -> None:
+    """The process log CANN opens at start: ~/ascend/log/debug/plog/plog-PID_TIME.log."""
+    base = Path(os.environ.get("ASCEND_PROCESS_LOG_PATH") or Path.home() / "ascend" / "log")
+    now = time.time()
+    stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(now)) + f"{int(now * 1000) % 1000:03d}"
+    when = time.strftime("%Y-%m-%d-%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}.000"
+    try:
+        plog = base / "debug" / "plog"
+        plog.mkdir(parents=True, exist_ok=True)
+        with (plog / f"plog-{os.getpid()}_{stamp}.log").open("a") as fh:
+            fh.write(f"[INFO] ASCENDCL({os.getpid()},python):{when} [acl.cpp:130]{os.getpid()} "
+                     "aclInit: start to execute aclInit (ascend-fleet lab stand-in)\n")
+            fh.write(f"[INFO] RUNTIME({os.getpid()},python):{when} [runtime.cc:1510]{os.getpid()} "
+                     f"devices visible: {os.environ.get('ASCEND_RT_VISIBLE_DEVICES', '')}\n")
+    except OSError as exc:  # CANN goes on without its log, so does the stand-in
+        log("WARNING", "platform.py:120", f"cannot write the plog under {base}: {exc}")
 
 
 def serve(argv: list[str]) -> int:
@@ -855,6 +994,9 @@ def serve(argv: list[str]) -> int:
         if dp_rank is not None and not 0 <= int(dp_rank) < dp:
             raise EngineError(f"data_parallel_rank {dp_rank} must be in [0, {dp})", "ValueError")
         kv = check_kv_config(v.get("kv_transfer_config"), extra, dp, tp)
+        write_plog()
+        if kv:
+            check_mooncake_library(kv["connector"])
         needed = tp * pp * (1 if dp_rank is not None else dp)
         devices = check_devices(needed)
         log("INFO", "platform.py:157", f"NPUs in use: {devices} (tp={tp}, pp={pp}, dp={dp}"
