@@ -122,7 +122,7 @@ def port_problems(
             container = info.get("container") or ""
             if container and container == (own.get(ours) or None):
                 continue
-            who = f"pid {pid} ({(info.get('cmd') or '?')[:80]})"
+            who = f"pid {pid} ({' '.join((info.get('cmd') or '?').split())[:80]})"
             for name, cid in own.items():
                 if container and cid and container == cid:
                     who += f", our {name} container"
@@ -433,7 +433,7 @@ def hardware_problems(
         info = owners.get(str(proc["pid"])) or {}
         if info.get("container") and info["container"] in own_ids:
             continue  # our own engine on a re-run
-        cmd = (info.get("cmd") or proc["name"])[:80]
+        cmd = " ".join((info.get("cmd") or proc["name"]).split())[:80]
         errors.append(
             f"{host}: device {proc['device']} (NPU {proc['card']} chip {proc['chip']}) is busy: pid "
             f"{proc['pid']} ({cmd}) holds {proc['memory_mb']} MB; fix: stop that process "

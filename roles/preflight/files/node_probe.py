@@ -22,6 +22,19 @@ import sys
 MARKER = ".ascend-fleet-complete.json"  # written by the weights role (weights_tool.py)
 
 
+def _outer_ids():
+    """Container ids already in pid 1's cgroup path: the system this runs on is itself a
+    container (none on a bare-metal node), so they do not mark a process as containerised."""
+    try:
+        with open("/proc/1/cgroup", encoding="utf-8") as fh:
+            return set(re.findall(r"[0-9a-f]{64}", fh.read()))
+    except OSError:
+        return set()
+
+
+OUTER = _outer_ids()
+
+
 def run(cmd):
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
@@ -69,6 +82,7 @@ def owner(pid):
             info["cmd"] = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
         with open(f"/proc/{pid}/cgroup", encoding="utf-8") as fh:
             ids = re.findall(r"([0-9a-f]{64})", fh.read())
+        ids = [i for i in ids if i not in OUTER]
         info["container"] = ids[-1] if ids else None
     except OSError:
         pass
