@@ -58,7 +58,8 @@ ELEMENTS = [("hydrogen", 1), ("helium", 2), ("lithium", 3), ("carbon", 6), ("nit
 def gpqa_rows(rng: random.Random, n: int) -> list[list[str]]:
     header = ["Pre-Revision Question", "Pre-Revision Correct Answer",
               "Pre-Revision Incorrect Answer 1", "Pre-Revision Incorrect Answer 2",
-              "Pre-Revision Incorrect Answer 3", "Pre-Revision Explanation", "Self-reported question-writing time (minutes)",
+              "Pre-Revision Incorrect Answer 3", "Pre-Revision Explanation",
+              "Self-reported question-writing time (minutes)",
               "Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
               "Incorrect Answer 3", "Explanation", "Subdomain"]
     rows = [header]
