@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from ascend_fleet import evaluation as ev
+from ascend_fleet.inventory import load_yaml_inventory
 from ascend_fleet.recipes import load_recipe
-from tests.conftest import REPO, load_plan
+from ascend_fleet.topology import build_plan
+from tests.conftest import REPO
 
 RECIPE = "dsv4-flash-w8a8-mtp@v0.21.0rc1"
 
@@ -128,14 +130,22 @@ def test_regressions_against_the_previous_run_of_the_topology(tmp_path):
     assert ev.write_run(run, fail_on_regression=True)["passed"] is False
 
 
-def test_smoke_paths_cover_every_prefill_decode_pair_and_every_single_port(rendered):
-    plan = load_plan(rendered["a2-4p4d"])
+def shipped_plan(topology: str) -> dict:
+    """The plan of a shipped inventory, as the validate role builds it (no playbook run)."""
+    hosts, groups = load_yaml_inventory(str(REPO / "inventories" / topology / "hosts.yml"))
+    plan = build_plan(hosts, groups, mode="render")
+    assert plan["errors"] == []
+    return plan
+
+
+def test_smoke_paths_cover_every_prefill_decode_pair_and_every_single_port():
+    plan = shipped_plan("a2-4p4d")
     paths = ev.smoke_paths(plan)
     assert len(paths) == 4 * 4  # 4 prefill nodes (instances) x 4 decode nodes
     assert {p["prefill"] for p in paths} == {
         f"http://{plan['hosts'][h]['connect_address']}:7100" for h in plan["hosts"] if h.startswith("prefill")}
     assert paths[0]["name"] == "prefill-0 (prefill-0) -> decode-0 (decode-0)"
-    single = ev.smoke_paths(load_plan(rendered["a3-single"]))
+    single = ev.smoke_paths(shipped_plan("a3-single"))
     assert [p["url"] for p in single] == ["http://198.51.100.10:8900"]
 
 
@@ -188,17 +198,16 @@ def chromium() -> str:
 
 
 def render_in_chromium(html: Path, out_png: Path) -> str:
-    """Load the page in headless Chromium: screenshot to out_png, return the rendered DOM."""
-    base = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-            "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={out_png.parent / 'chromium-profile'}"]
+    """Load the page once in headless Chromium: screenshot to out_png, return the rendered DOM."""
     env = {**os.environ, "HOME": str(out_png.parent)}
-    shot = subprocess.run([*base, f"--screenshot={out_png}", "--window-size=1200,1500",
-                           html.as_uri()], capture_output=True, text=True, timeout=180, env=env, check=False)
-    assert shot.returncode == 0 and out_png.is_file(), shot.stderr[-2000:]
-    dom = subprocess.run([*base, "--dump-dom", html.as_uri()], capture_output=True, text=True,
-                         timeout=180, env=env, check=False)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    return dom.stdout
+    proc = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+         "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={out_png.parent / 'chromium-profile'}",
+         f"--screenshot={out_png}", "--window-size=1200,1500", "--dump-dom", html.as_uri()],
+        capture_output=True, text=True, timeout=180, env=env, check=False)
+    assert proc.returncode == 0 and out_png.is_file(), proc.stderr[-2000:]
+    return proc.stdout
 
 
 def test_the_report_renders_in_headless_chromium_with_plots_and_the_regression(tmp_path):
