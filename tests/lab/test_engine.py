@@ -145,8 +145,13 @@ def model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def tmp(tmp_path) -> Path:
-    """A temp dir with eight fake NPUs (plus the management devices) in tmp/dev."""
+def tmp(tmp_path, monkeypatch) -> Path:
+    """A temp dir with eight fake NPUs (plus the management devices) in tmp/dev, and
+    Mooncake's library in tmp/lib on LD_LIBRARY_PATH (the image's ~/.bashrc adds its dir)."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "ascend_transport.so").touch()
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(tmp_path / "lib"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # CANN's plog goes to ~/ascend/log
     dev = tmp_path / "dev"
     dev.mkdir()
     for name in [f"davinci{i}" for i in range(8)] + ["davinci_manager", "devmm_svm", "hisi_hdc"]:
@@ -248,6 +253,31 @@ def test_kv_config_must_match_the_role(model, tmp, engines):
     engines.append(engine)
     assert engine.wait_exit() == 1
     assert "kv_connector_extra_config.prefill says dp_size=4, tp_size=4" in engine.log
+
+
+def test_pd_rank_needs_mooncakes_library_path(model, tmp, engines):
+    # Started without the image's ~/.bashrc: /usr/local/lib is not on LD_LIBRARY_PATH.
+    kv = kv_config("kv_producer", free_port(2), "0", prefill=(1, 2))
+    engine = Engine(tmp, model, free_port(), [*COMMON, "-tp", "2", "--kv-transfer-config", kv],
+                    devices="0,1", env={"LD_LIBRARY_PATH": "/usr/local/Ascend/driver/lib64"})
+    engines.append(engine)
+    assert engine.wait_exit() == 1
+    assert "from mooncake.engine import TransferEngine" in engine.log
+    assert "ImportError: ascend_transport.so: cannot open shared object file: No such file or directory" in engine.log
+    # A rank without a kv connector does not load Mooncake.
+    single = Engine(tmp, model, free_port(), [*COMMON, "-tp", "2"], devices="0,1",
+                    env={"LD_LIBRARY_PATH": ""}, name="single")
+    engines.append(single)
+    single.wait_healthy()
+
+
+def test_every_start_writes_a_cann_plog(model, tmp, engines):
+    engine = Engine(tmp, model, free_port(), [*COMMON, "-tp", "2"], devices="0,1")
+    engines.append(engine)
+    engine.wait_healthy()
+    plogs = list((tmp / "home" / "ascend" / "log" / "debug" / "plog").glob(f"plog-{engine.proc.pid}_*.log"))
+    assert len(plogs) == 1, plogs
+    assert "aclInit" in plogs[0].read_text()
 
 
 def test_recompute_scheduler_only_on_decode(model, tmp, engines):
