@@ -241,3 +241,23 @@ def test_the_cli_refuses_a_run_without_meta_cleanly(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("evaluation: ") and "meta.json" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_lab_hub_cache_is_keyed_on_the_eval_model_files(tmp_path, monkeypatch):
+    """A changed tokenizer or answer key in lab/eval/model makes the hub generate a new repository."""
+    sys.path.insert(0, str(REPO / "lab" / "hub"))
+    try:
+        import repo as hub_repo  # lab/hub/repo.py
+    finally:
+        sys.path.remove(str(REPO / "lab" / "hub"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "tokenizer_config.json").write_text('{"v": 1}\n')
+    monkeypatch.setattr(hub_repo, "EVAL_MODEL_FILES", model)
+    first = hub_repo.generate(tmp_path / "cache", "org/m", 0.05, shards=1)
+    again = hub_repo.generate(tmp_path / "cache", "org/m", 0.05, shards=1)
+    assert again["dir"] == first["dir"]
+    (model / "tokenizer_config.json").write_text('{"v": 2}\n')
+    changed = hub_repo.generate(tmp_path / "cache", "org/m", 0.05, shards=1)
+    assert changed["dir"] != first["dir"]
+    assert (Path(changed["dir"]) / "tokenizer_config.json").read_text() == '{"v": 2}\n'

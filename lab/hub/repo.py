@@ -177,7 +177,12 @@ def generate(root: Path, model_id: str, size_mb: float, shards: int = 4) -> dict
     is never served as a repository file.
     """
     total = int(size_mb * MIB)
-    key = f"{model_id.replace('/', '--')}-{total}b-{shards}s-v{GENERATOR_VERSION}"
+    # The eval files are part of the key: a changed tokenizer or answer key makes a new cache.
+    eval_digest = hashlib.sha256()
+    for extra in sorted(EVAL_MODEL_FILES.glob("*.json")):
+        eval_digest.update(extra.name.encode() + b"\0" + extra.read_bytes() + b"\0")
+    key = (f"{model_id.replace('/', '--')}-{total}b-{shards}s-v{GENERATOR_VERSION}"
+           f"-e{eval_digest.hexdigest()[:12]}")
     repo_dir = Path(root) / key
     manifest_path = repo_dir / "manifest.json"
     if manifest_path.is_file():
