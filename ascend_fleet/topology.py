@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .recipes import DEFAULT_RECIPE, RecipeError, apply_serve_changes, load_recipe
+from .serveflags import FlagSpec, ServeFlagError, parse_serve_argv
 from .shellenv import ShellEnvError
 from .shellenv import for_kind as shell_env_for_kind
-from .serveflags import FlagSpec, ServeFlagError, parse_serve_argv
 
 ROLE_GROUPS = ("single", "prefill", "decode")
 DOC_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
