@@ -24,6 +24,18 @@ class RecipeError(ValueError):
     """A recipe that cannot be found or is malformed."""
 
 
+_PARSED: dict[tuple[str, int, int], Any] = {}
+
+
+def _read_yaml(path: Path) -> Any:
+    """A recipe file's data, parsed once per file version (a fresh copy each call)."""
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _PARSED:
+        _PARSED[key] = yaml.safe_load(path.read_text())
+    return copy.deepcopy(_PARSED[key])
+
+
 def _flatten_pairs(items: list[Any]) -> list[list[Any]]:
     """YAML anchors let a list embed another list of pairs: flatten one level."""
     out: list[list[Any]] = []
@@ -43,7 +55,7 @@ def recipe_files(extra_paths: list[str] | None = None) -> dict[str, Path]:
     for directory in [*(extra_paths or []), str(BUILTIN_DIR)]:
         for path in sorted(Path(directory).expanduser().glob("*.yml")):
             try:
-                rid = yaml.safe_load(path.read_text()).get("id")
+                rid = _read_yaml(path).get("id")
             except (yaml.YAMLError, AttributeError) as exc:
                 raise RecipeError(f"recipe {path}: not a YAML mapping ({exc})") from None
             if rid and rid not in found:
@@ -58,7 +70,7 @@ def load_recipe(recipe_id: str = DEFAULT_RECIPE, extra_paths: list[str] | None =
             f"unknown recipe {recipe_id!r}; known: {', '.join(sorted(files)) or 'none'} "
             "(set fleet_recipe, or add a directory with fleet_recipe_paths)"
         )
-    data = yaml.safe_load(files[recipe_id].read_text())
+    data = _read_yaml(files[recipe_id])
     data["_file"] = str(files[recipe_id])
     profiles = {}
     for name in data.get("profiles", {}):

@@ -23,6 +23,7 @@ from typing import Any
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_VERSION = "0.21.0"
+_LOADED: dict[tuple[str, int, int], FlagSpec] = {}
 
 
 class ServeFlagError(ValueError):
@@ -80,7 +81,11 @@ class FlagSpec:
             raise FileNotFoundError(
                 f"no flag table for vLLM {version}: {src} is missing (dump it from the vLLM parser of that version)"
             )
-        return cls(json.loads(src.read_text()))
+        st = src.stat()
+        key = (str(src), st.st_mtime_ns, st.st_size)
+        if key not in _LOADED:  # the table is read-only once built: one per file version
+            _LOADED[key] = cls(json.loads(src.read_text()))
+        return _LOADED[key]
 
     def lookup(self, option: str) -> tuple[Flag, bool] | None:
         return self._by_option.get(option)

@@ -535,12 +535,12 @@ def _build_plan(
             problem = _address_problem(value, allow_ph)
             if problem:
                 rep.error(
-                    f"host {host} (proxy): {label} = {value!r} is {problem}; set {label} for {host} "
-                    "in the inventory to the proxy host's real address"
+                    f"host {host}: {label} = {value!r} is {problem}; set {label} for {host} "
+                    "(the PD proxy host) in the inventory to its real address"
                 )
         if not _address_problem(node_ip, True) and not _is_ip(node_ip):
             rep.error(
-                f"host {host} (proxy): address {node_ip!r} is a hostname; the proxy binds an IP: "
+                f"host {host}: proxy address {node_ip!r} is a hostname; the proxy binds an IP: "
                 f"set fleet_node_ip for {host}"
             )
         for addr in {conn, node_ip}:

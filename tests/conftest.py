@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TOPOLOGIES = ["a2-single", "a3-single", "a3-1p1d", "a2-4p4d", "a2-1m-4p4d"]
+TOPOLOGIES = ["a2-single", "a3-single", "a3-1p1d", "a2-4p4d", "a2-1m-4p4d", "a3-1m-2p2d", "a3-1p1d-proxy"]
 
 
 def ansible_bin(name: str) -> str:

@@ -41,24 +41,28 @@ def test_layout_picture_shows_instances_nodes_and_proxy(rendered, topology):
     assert ("proxy " in texts) == bool(plan.get("proxy"))
 
 
-def test_a2_1m_render_is_consistent(rendered):
-    """5.2.3: one P and one D instance, each DP4 x TP8 over four A2 nodes, 1M context."""
-    plan = load_plan(rendered["a2-1m-4p4d"])
+@pytest.mark.parametrize(("topology", "nodes_per_side", "local"), [("a2-1m-4p4d", 4, 1), ("a3-1m-2p2d", 2, 2)])
+def test_1m_render_is_consistent(rendered, topology, nodes_per_side, local):
+    """5.2.3: one P and one D instance, each DP4 x TP8 (4 A2 nodes or 2 A3 nodes), 1M context."""
+    plan = load_plan(rendered[topology])
     assert plan["errors"] == []
     for role, engine, kv in (("prefill", 0, 30000), ("decode", 1, 30100)):
         nodes = [h for h in plan["hosts"].values() if h["role"] == role]
-        assert len(nodes) == 4
+        assert len(nodes) == nodes_per_side
         master_ip = nodes[0]["node_ip"]
         for i, h in enumerate(nodes):
-            assert (h["dp_size"], h["tp_size"], h["dp_size_local"], h["dp_rank_start"]) == (4, 8, 1, i)
+            start = i * local
+            assert (h["dp_size"], h["tp_size"], h["dp_size_local"], h["dp_rank_start"]) == (4, 8, local, start)
             assert h["dp_address"] == master_ip and h["engine_id"] == engine
-            assert h["ranks"][0]["devices"] == "0,1,2,3,4,5,6,7"
-            assert h["container_devices"] == [f"/dev/davinci{d}" for d in range(8)] + [
+            assert [r["devices"] for r in h["ranks"]] == [
+                ",".join(str(d) for d in range(8 * j, 8 * j + 8)) for j in range(local)
+            ]
+            assert h["container_devices"] == [f"/dev/davinci{d}" for d in range(8 * local)] + [
                 "/dev/davinci_manager",
                 "/dev/devmm_svm",
                 "/dev/hisi_hdc",
             ]
-            assert h["kv_ports"] == list(range(kv + 8 * i, kv + 8 * i + 8))
+            assert h["kv_ports"] == list(range(kv + 8 * start, kv + 8 * (start + local)))
             assert h["kv_extra_config"] == {
                 "prefill": {"dp_size": 4, "tp_size": 8},
                 "decode": {"dp_size": 4, "tp_size": 8},
@@ -66,11 +70,12 @@ def test_a2_1m_render_is_consistent(rendered):
             cmd = parse_serve_argv(serve_argv(h), SPEC)
             assert cmd.values["max_model_len"] == 1048576
             assert cmd.values["tensor_parallel_size"] == 8 and cmd.values["data_parallel_size"] == 4
-            assert cmd.values["data_parallel_rank"] == i
+            assert cmd.values["data_parallel_rank"] == start
             assert cmd.values["kv_transfer_config"]["kv_port"] == str(kv)
-            launch = (rendered["a2-1m-4p4d"] / h["host"] / "launch.sh").read_text()
+            launch = (rendered[topology] / h["host"] / "launch.sh").read_text()
             tokens = shlex.split(next(x for x in launch.splitlines() if x.startswith("exec ")))
-            assert tokens[tokens.index("--dp-rank-start") + 1] == str(i)
+            assert tokens[tokens.index("--dp-rank-start") + 1] == str(start)
+            assert tokens[tokens.index("--dp-size-local") + 1] == str(local)
             assert tokens[tokens.index("--dp-address") + 1] == master_ip
     # prefill keeps recompute off, decode keeps it on (as in the A2 PD scripts)
     pre = parse_serve_argv(serve_argv(plan["hosts"]["prefill-0"]), SPEC).values["additional_config"]

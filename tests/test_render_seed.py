@@ -1,32 +1,42 @@
 """Seed fidelity: the rendered files carry exactly the tutorial's exports, flags and launcher.
 
-For a2-single, a3-single, a3-1p1d and a2-4p4d every host's script is run under bash next
-to the tutorial's own script (placeholders filled in as the tutorial asks), and what
-``vllm`` receives is compared: the exported environment, and the ``vllm serve`` flags
-parsed with vLLM 0.21.0's flag table (JSON configs compared as objects).
+The tutorial's facts come from ``tests/data/tutorial-facts.yml`` (each with its section and
+line in the tutorial); ``test_facts_agree_with_the_tutorial_text`` re-derives them from the
+tutorial's text beside the checkout, so the two cannot drift. For a2-single, a3-single,
+a3-1p1d and a2-4p4d every host's script is run under bash next to the tutorial's script
+(rebuilt from the facts, placeholders filled in as the tutorial asks), and what ``vllm``
+receives is compared: the exported environment, and the ``vllm serve`` flags parsed with
+vLLM 0.21.0's flag table (JSON configs compared as objects).
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
 import pytest
 
+from ascend_fleet.recipes import load_recipe
 from ascend_fleet.serveflags import FlagSpec, parse_serve_argv
 from tests.conftest import load_plan
 from tests.seed import (
+    SEED_TEXT,
+    derive_facts,
     export_lines,
     exported_names,
     fill_placeholders,
+    load_facts,
     run_script,
-    tutorial_launch_commands,
-    tutorial_scripts,
+    tutorial_script,
 )
 
 SPEC = FlagSpec.load("0.21.0")
-SEED = tutorial_scripts()
-LAUNCH = tutorial_launch_commands()
+FACTS = load_facts()
+# Documented, reviewed replacements of tutorial lines (recipe `deviations`, if any).
+DEVIATIONS = load_recipe().get("deviations") or []
+SEED = {name: tutorial_script(FACTS, name, DEVIATIONS) for name in FACTS["scripts"]}
+LAUNCH = {name: [*f["command"], *(x for pair in f["args"] for x in pair)] for name, f in FACTS["launchers"].items()}
 # topology -> host -> the tutorial script it must reproduce
 CASES = {
     "a2-single": {"node-0": "a2-single"},
@@ -64,6 +74,26 @@ def rank0_args(host_plan: dict) -> list[str]:
     ]
 
 
+def test_facts_agree_with_the_tutorial_text():
+    """The data file is what the tutorial says: re-derived from its text, it is identical."""
+    if not SEED_TEXT.is_file():
+        msg = f"tutorial text not found at {SEED_TEXT} (the shared folder beside the checkout)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{msg}; in CI it must be there")
+        pytest.skip(msg)
+    assert derive_facts(SEED_TEXT.read_text()) == {k: FACTS[k] for k in ("scripts", "launchers")}
+
+
+def test_facts_name_their_tutorial_lines():
+    """Spot checks that the data file points at the right lines of the tutorial."""
+    pre = FACTS["scripts"]["a3-prefill"]
+    assert pre["section"] == "5.2.1" and pre["lines"] == [447, 512]
+    assert {"line": 461, "text": "export HCCL_BUFFSIZE=2560"} in pre["exports"]
+    assert {"line": 484, "flag": "--no-enable-prefix-caching"} in pre["serve"]["flags"]
+    assert FACTS["scripts"]["a2-decode"]["section"] == "5.2.2"
+    assert FACTS["launchers"]["a2-decode"]["line"] == 858
+
+
 @pytest.mark.parametrize(("topology", "host", "seed"), PARAMS)
 def test_exports_and_flags_match_tutorial(rendered, tmp_path, topology, host, seed):
     plan = load_plan(rendered[topology])
@@ -79,6 +109,15 @@ def test_exports_and_flags_match_tutorial(rendered, tmp_path, topology, host, se
 
     # The export lines, as text and in order (placeholders replaced as the tutorial asks).
     assert export_lines(ours) == export_lines(theirs)
+    # Every line before the serve command, in order: the tutorial's, with exactly the
+    # recipe's documented deviations applied (our own comments aside).
+    theirs_head = [x for x in theirs.splitlines()[:-1] if x.strip()]
+    ours_head = [
+        x
+        for x in ours.split("\nexec vllm serve ")[0].splitlines()[1:]
+        if x.strip() and (not x.startswith("#") or x in theirs_head)
+    ]
+    assert ours_head == theirs_head
 
     args = rank0_args(hp)
     got = run_script(ours, args, tmp_path / "ours")
@@ -163,12 +202,14 @@ def _proxy_lists(render_dir: Path, host: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize(
-    ("topology", "n_prefill", "n_decode"), [("a3-1p1d", 4, 16), ("a2-4p4d", 32, 32), ("a2-1m-4p4d", 4, 4)]
+    ("topology", "n_prefill", "n_decode"),
+    [("a3-1p1d", 4, 16), ("a2-4p4d", 32, 32), ("a2-1m-4p4d", 4, 4), ("a3-1m-2p2d", 4, 4), ("a3-1p1d-proxy", 4, 16)],
 )
 def test_proxy_lists_every_rank(rendered, topology, n_prefill, n_decode):
     plan = load_plan(rendered[topology])
-    lists = _proxy_lists(rendered[topology], "prefill-0")
-    assert lists["--host"] == [plan["hosts"]["prefill-0"]["node_ip"]]
+    proxy_host = plan["proxy"]["host"]
+    lists = _proxy_lists(rendered[topology], proxy_host)
+    assert lists["--host"] == [plan["proxy"]["address"]]
     assert len(lists["--prefiller-hosts"]) == len(lists["--prefiller-ports"]) == n_prefill
     assert len(lists["--decoder-hosts"]) == len(lists["--decoder-ports"]) == n_decode
     expected_p = [
@@ -178,5 +219,62 @@ def test_proxy_lists_every_rank(rendered, topology, n_prefill, n_decode):
         for r in plan["hosts"][h]["ranks"]
     ]
     assert list(zip(lists["--prefiller-hosts"], lists["--prefiller-ports"], strict=True)) == expected_p
-    # only the proxy host gets a proxy.sh
-    assert [h for h in plan["hosts"] if (rendered[topology] / h / "proxy.sh").exists()] == ["prefill-0"]
+    # only the proxy host gets a proxy.sh: the prefill master, or the dedicated proxy host
+    hosts = [*plan["hosts"], *plan.get("proxy_hosts", {})]
+    assert [h for h in hosts if (rendered[topology] / h / "proxy.sh").exists()] == [proxy_host]
+    if topology == "a3-1p1d-proxy":
+        assert proxy_host == "proxy-0" and plan["proxy"]["address"] == "198.51.100.30"
+        assert sorted(p.name for p in (rendered[topology] / "proxy-0").iterdir()) == ["plan.json", "proxy.sh"]
+    else:
+        assert proxy_host == "prefill-0"
+
+
+# The 1M layouts (5.2.3, line 885: "1*4P-1*4D ... DP4TP8") run the tutorial's 1M PD scripts
+# (5.2.1) with DP4 x TP8: same exports in the same order, same flags, except what the
+# layout itself sets (DP/TP sizes and ranks, ports, kv identity and sizes).
+LAYOUT_DESTS = {
+    "data_parallel_size",
+    "data_parallel_rank",
+    "data_parallel_address",
+    "data_parallel_rpc_port",
+    "tensor_parallel_size",
+    "port",
+    "kv_transfer_config",
+}
+
+
+@pytest.mark.parametrize(
+    ("topology", "host", "seed"),
+    [
+        ("a2-1m-4p4d", "prefill-0", "a3-prefill"),
+        ("a2-1m-4p4d", "decode-3", "a3-decode"),
+        ("a3-1m-2p2d", "prefill-1", "a3-prefill"),
+        ("a3-1m-2p2d", "decode-0", "a3-decode"),
+    ],
+)
+def test_1m_profiles_follow_the_tutorial_1m_scripts(rendered, tmp_path, topology, host, seed):
+    plan = load_plan(rendered[topology])
+    hp = plan["hosts"][host]
+    ours = script_of(rendered[topology], host)
+    theirs = fill_placeholders(SEED[seed], hp["node_ip"], hp["nic_name"])
+    assert export_lines(ours) == export_lines(theirs)
+    if seed == "a3-prefill":
+        # the 1M prefill values the 128K A2 prefill script does not have (lines 461, 463)
+        assert "export HCCL_BUFFSIZE=2560" in export_lines(ours)
+        assert "export VLLM_ASCEND_ENABLE_FLASHCOMM1=1" in export_lines(ours)
+    args = rank0_args(hp)
+    got = parse_serve_argv(run_script(ours, args, tmp_path / "ours").argv, SPEC)
+    want = parse_serve_argv(run_script(theirs, args, tmp_path / "tutorial").argv, SPEC)
+    strip = lambda values: {k: v for k, v in values.items() if k not in LAYOUT_DESTS}  # noqa: E731  (local helper)
+    assert strip(got.values) == strip(want.values)
+    assert (got.values["tensor_parallel_size"], got.values["data_parallel_size"]) == (8, 4)
+    assert got.values["data_parallel_rank"] == hp["ranks"][0]["dp_rank"]
+    kv = got.values["kv_transfer_config"]
+    assert kv["kv_role"] == want.values["kv_transfer_config"]["kv_role"]
+    assert kv["kv_connector_extra_config"] == {
+        "prefill": {"dp_size": 4, "tp_size": 8},
+        "decode": {"dp_size": 4, "tp_size": 8},
+    }
+    if seed == "a3-prefill":
+        assert got.values["enable_prefix_caching"] is False
+        assert got.values["additional_config"]["enable_dsa_cp"] is True

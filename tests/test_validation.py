@@ -10,7 +10,7 @@ import pytest
 
 from ascend_fleet.inventory import load_yaml_inventory
 from ascend_fleet.topology import build_plan
-from tests.conftest import REPO, run_playbook
+from tests.conftest import REPO, TOPOLOGIES, run_playbook
 
 
 def inventory(name: str):
@@ -35,7 +35,7 @@ def only_error(plan, *needles):
     return plan["errors"][0]
 
 
-@pytest.mark.parametrize("name", ["a2-single", "a3-single", "a3-1p1d", "a2-4p4d", "a2-1m-4p4d"])
+@pytest.mark.parametrize("name", TOPOLOGIES)
 def test_shipped_inventories_are_valid_for_render(name):
     plan = plan_with(name)
     assert plan["errors"] == []
@@ -97,7 +97,7 @@ def test_hostname_needs_node_ip():
     assert ok["errors"] == []
 
 
-@pytest.mark.parametrize("name", ["a2-single", "a3-single", "a3-1p1d", "a2-4p4d", "a2-1m-4p4d"])
+@pytest.mark.parametrize("name", TOPOLOGIES)
 def test_placeholders_refused_when_deploying(name):
     plan = plan_with(name, mode="deploy")
     hosts, _ = inventory(name)
@@ -222,7 +222,9 @@ def test_boolean_given_as_string_is_coerced(value, meant):
 
 @pytest.mark.parametrize("value", ["maybe", "2", ""])
 def test_boolean_that_is_no_boolean(value):
-    plan = plan_with("a2-single", host_vars={"node-0": {"npu_network_enabled": value}}, bool_vars={"npu_network_enabled"})
+    plan = plan_with(
+        "a2-single", host_vars={"node-0": {"npu_network_enabled": value}}, bool_vars={"npu_network_enabled"}
+    )
     only_error(plan, "host node-0", f"npu_network_enabled = {value!r}", "expected boolean", "true/false/yes/no")
 
 
@@ -320,7 +322,9 @@ def test_typed_extra_vars_are_coerced_and_bad_ones_named(tmp_path):
     overlay = tmp_path / "lab.yml"
     overlay.write_text("all:\n  hosts:\n    node-0:\n      ansible_host: 198.18.0.10\n")
     base = ["playbooks/validate.yml", "-i", "a2-single", "-i", str(overlay)]
-    ok = run_playbook(*base, "-e", "npu_network_enabled=false", "-e", "fleet_tp_size=8", "-e", "serve_health_timeout_s=60")
+    ok = run_playbook(
+        *base, "-e", "npu_network_enabled=false", "-e", "fleet_tp_size=8", "-e", "serve_health_timeout_s=60"
+    )
     assert "failed=0" in ok.stdout
     proc = run_playbook(*base, "-e", "npu_network_enabled=perhaps", "-e", "fleet_tp_size=eight", check=False)
     out = proc.stdout + proc.stderr
