@@ -137,10 +137,21 @@ NIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$")  # Linux: at most 1
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 FLAG_NAME = re.compile(r"^--?[A-Za-z0-9][A-Za-z0-9_-]{0,80}$")
 IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,254}$")
-SAFE_VARS = {"fleet_instance": SAFE_NAME, "fleet_topology": SAFE_NAME, "fleet_nic_name": NIC_NAME,
-             "fleet_container_prefix": SAFE_NAME, "fleet_image": IMAGE_REF}
-PORT_VARS = ("fleet_dp_rpc_port", "fleet_vllm_start_port", "fleet_api_port", "fleet_kv_port",
-             "fleet_kv_port_base", "fleet_proxy_port")
+SAFE_VARS = {
+    "fleet_instance": SAFE_NAME,
+    "fleet_topology": SAFE_NAME,
+    "fleet_nic_name": NIC_NAME,
+    "fleet_container_prefix": SAFE_NAME,
+    "fleet_image": IMAGE_REF,
+}
+PORT_VARS = (
+    "fleet_dp_rpc_port",
+    "fleet_vllm_start_port",
+    "fleet_api_port",
+    "fleet_kv_port",
+    "fleet_kv_port_base",
+    "fleet_proxy_port",
+)
 MAX_DEVICES = 16  # the largest node kind (A3); device-derived sizes are bounded by it
 # vllm serve destinations the plan owns: set through fleet_* variables, never as overrides.
 PLAN_OWNED_DESTS = ("port", "host", "tensor_parallel_size", "api_key")
