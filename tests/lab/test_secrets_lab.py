@@ -11,6 +11,7 @@ secrets. The only place a secret may be is the root-only API key file the launch
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_site
+from tests.conftest import run_playbook, run_site
 from tests.lab.conftest import REPO, Lab, lab_unavailable, labctl
 from tests.lab.test_hub import HUB, MODEL, faults
 
@@ -192,6 +193,34 @@ def test_no_secret_anywhere_after_a_bring_up_with_token_login_and_api_key(lab, t
     assert status("/v1/models", API_KEY) == "200"
     assert status("/health") == "200"
     assert "Endpoint http://" in output and "answered" in output
+
+
+def test_status_sends_the_api_key_and_names_a_refused_one(lab, tmp_path):
+    """status.yml asks every rank's /v1/models with the key (on stdin, never on a command line)."""
+    state = REPO / "lab" / ".state" / TOPOLOGY
+
+    def status(key: str) -> tuple[dict, str]:
+        evars = tmp_path / "key.yml"
+        fd = os.open(evars, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            yaml.safe_dump({"fleet_api_key": key}, fh)
+        report = tmp_path / "status.json"
+        proc = run_playbook("playbooks/status.yml", "-i", TOPOLOGY, "-i", str(state / "hosts.yml"),
+                            "-e", f"@{evars}", "-e", f"ops_status_file={report}", check=False,
+                            env={"ANSIBLE_CACHE_PLUGIN_CONNECTION": str(state / "facts")})
+        evars.unlink()
+        assert proc.returncode == 0, proc.stdout[-4000:]
+        return json.loads(report.read_text()), proc.stdout + proc.stderr
+
+    good, output = status(API_KEY)
+    ranks = [r for h in good["hosts"].values() for r in h["ranks"]]
+    assert ranks and all(r["api_key_accepted"] is True and r["healthy"] for r in ranks), ranks
+    assert good["service"] == "up" and API_KEY not in output
+    wrong = "sk-wrong-" + API_KEY
+    bad, output = status(wrong)
+    assert bad["service"] != "up"
+    assert [p for p in bad["problems"] if "refuse the API key (fleet_api_key)" in p], bad["problems"]
+    assert wrong not in output and API_KEY not in output
 
 
 def test_wrong_hub_token_says_401_names_the_variable_and_prints_no_token(lab, tmp_path):

@@ -1,8 +1,10 @@
 """Ask every URL given on the command line for HTTP 200, all at once; print JSON.
 
-  python3 -c "$(cat health_probe.py)" TIMEOUT URL [URL ...]
+  python3 -c "$(cat health_probe.py)" TIMEOUT URL [URL ...]   (API key, if any, on stdin)
 
 Prints {"URL": STATUS, ...}: the HTTP status, or -1 when there is no answer. Read-only.
+When standard input holds a key (the service's fleet_api_key), every request carries
+`Authorization: Bearer KEY`; the key never appears on the command line or in the output.
 """
 
 import concurrent.futures
@@ -12,9 +14,10 @@ import urllib.error
 import urllib.request
 
 
-def probe(url, timeout):
+def probe(url, timeout, key):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
             return resp.status
     except urllib.error.HTTPError as err:
         return err.code
@@ -24,8 +27,9 @@ def probe(url, timeout):
 
 def main():
     timeout, urls = float(sys.argv[1]), sys.argv[2:]
+    key = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read().strip()
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(urls) or 1)) as pool:
-        futures = {url: pool.submit(probe, url, timeout) for url in urls}
+        futures = {url: pool.submit(probe, url, timeout, key) for url in urls}
     print(json.dumps({url: future.result() for url, future in futures.items()}))
 
 
