@@ -12,9 +12,10 @@ ruff check .
 yamllint --strict .
 ansible-lint --offline -q
 
-echo "== lab: Docker Engine, node and engine images (built once, then cached)"
+echo "== lab: Docker Engine, node and engine images, evaluation clients (built once, then cached)"
 lab/labctl build
 lab/engine/build >/dev/null
+lab/eval/clients >/dev/null
 
 echo "== tests"
 exec python -m pytest "$@"
