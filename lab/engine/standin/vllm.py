@@ -597,7 +597,7 @@ def prompt_text(body: dict, chat: bool) -> str:
 
 SWITCHES_FILE = "/root/.cache/ascend-fleet-lab/engine.json"
 SWITCH_DEFAULTS = {"accuracy": 0.95, "token_rate": 200.0, "prefill_rate": 20000.0,
-                   "kv_broken": []}
+                   "kv_broken": [], "crash_rank": []}
 _switches: dict = {"mtime": None, "values": dict(SWITCH_DEFAULTS)}
 _answer_keys: dict = {}
 
@@ -606,7 +606,8 @@ def switches() -> dict:
     """The lab switches (``labctl engine``): a JSON file on the node's shared cache, re-read
     when it changes. ``accuracy`` (0..1) of the answers to the evaluation datasets,
     ``token_rate`` (tokens/s of one request), ``prefill_rate`` (prompt tokens/s before the
-    first token), ``kv_broken`` ([[prefill address, decode address], ...]: KV paths down)."""
+    first token), ``kv_broken`` ([[prefill address, decode address], ...]: KV paths down),
+    ``crash_rank`` ([[node address, DP rank], ...]: that rank dies while loading the model)."""
     path = Path(os.environ.get("ASCEND_FLEET_LAB_SWITCHES", SWITCHES_FILE))
     try:
         mtime = path.stat().st_mtime_ns
@@ -1020,6 +1021,10 @@ def serve(argv: list[str]) -> int:
                     f"DP rank {dp_rank} registered with the coordinator at {address}:{rpc_port}")
 
         config, size = load_model(model, v.get("quantization"))
+        if [host_ip, int(dp_rank or 0)] in switches()["crash_rank"]:  # labctl engine crash_rank
+            log("ERROR", "model_runner.py:2402", f"DP rank {int(dp_rank or 0)}: device error "
+                "while loading the model (lab switch crash_rank)")
+            raise EngineError("ACL stream synchronize failed, error code 507035", "RuntimeError")
         if max_len in (None, "auto"):
             max_len = int(config.get("max_position_embeddings", 4096))
         log("INFO", "model_runner.py:2391",
