@@ -40,13 +40,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 PORT_ARG = re.compile(r"--port(?:=|\s+)(\d+)(?:\s|$)")
 
 
 def healthy(ip, port):
+    # Short: a rank that has bound its port but is still loading accepts the connection
+    # and answers nothing; the ranks are asked all at once (see check).
     try:
-        with urllib.request.urlopen(f"http://{ip}:{port}/health", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://{ip}:{port}/health", timeout=2) as resp:
             return resp.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -119,9 +122,18 @@ def check(spec, state, grace, lost):
     age = now - state["first_seen"]
     pending, ready = [], []
     procs = rank_ports(name) if running else set()
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        local = {r["api_port"]: pool.submit(healthy, spec["ip"], r["api_port"])
+                 for r in (spec["ranks"] if running else [])}
+        remote = {(peer["node"], r["api_port"]): pool.submit(probe, peer["ip"], r["api_port"])
+                  for peer in spec.get("peers", []) for r in peer["ranks"]}
+        ok = {port: f.result() for port, f in local.items()}
+        answers_of = {}
+        for (node, port), f in remote.items():
+            answers_of.setdefault(node, {})[port] = f.result()
     for rank in spec["ranks"]:
         port = rank["api_port"]
-        if running and healthy(spec["ip"], port):
+        if ok.get(port):
             ready.append(port)
             continue
         pending.append(port)
@@ -139,7 +151,9 @@ def check(spec, state, grace, lost):
     if not running:
         dead.append({"node": spec["node"], "what": f"container {name} is {ctext}"})
     for peer in spec.get("peers", []):
-        answers = {r["api_port"]: probe(peer["ip"], r["api_port"]) for r in peer["ranks"]}
+        answers = answers_of.get(peer["node"], {})
+        if not answers:
+            continue
         # A firewall may drop packets to ports nobody listens on yet: sshd must be silent too.
         if all(a == "silent" for a in answers.values()) and probe(peer["ip"], 22) == "silent":
             since = state["silent_since"].setdefault(peer["node"], now)
