@@ -172,7 +172,8 @@ def check(spec, state, grace, lost):
                              "api_port": rank["api_port"],
                              "what": "rank stopped listening (its process is gone)"})
     report = {"node": spec["node"], "container": ctext, "healthy": ready, "pending": pending,
-              "dead": dead, "waited_s": round(age, 1)}
+              "dead": dead, "waited_s": round(age, 1),
+              "started_at": state["started"].partition("@")[2]}
     return report, dead
 
 
