@@ -444,7 +444,10 @@ def hardware_problems(
 
     for dev in npu.get("devices", []):
         d = dev["id"]
-        if "lldp" in dev and not hccn_field(dev.get("lldp"), r"Ifname:\s*(\S+)"):
+        # A link that is DOWN sends no LLDP either: the NPU-network phase names it in its
+        # table (node x device x peer), so no second, vaguer message here.
+        link_down = dev.get("link") not in (None, "UP")
+        if "lldp" in dev and not link_down and not hccn_field(dev.get("lldp"), r"Ifname:\s*(\S+)"):
             errors.append(
                 f"{host}: device {d}: hccn_tool -i {d} -lldp -g shows no switch port "
                 f"({(dev.get('lldp') or 'no output').strip().splitlines()[0][:100]}); fix: check the "

@@ -479,6 +479,18 @@ def test_lldp_netdetect_gateway_per_device():
     assert "gateway 10.9.9.1 is not in the device's subnet 10.0.0.17/255.255.255.0" in errors[4]
 
 
+def test_no_lldp_on_a_link_that_is_down_is_left_to_the_npu_network_phase():
+    """A DOWN link sends no LLDP: the NPU-network phase names it (link DOWN), preflight does not."""
+    facts = hw_npu(HEALTHY_A2)
+    for dev in facts["devices"]:
+        dev["link"] = "UP"
+    facts["devices"][3].update(link="DOWN", lldp="Get lldp info failed, because no lldp packet was received!")
+    assert hardware_problems("node-0", entry(), facts)["errors"] == []
+    facts["devices"][3]["link"] = "UP"  # link up but no LLDP: the switch port or LLDP is wrong
+    [error] = hardware_problems("node-0", entry(), facts)["errors"]
+    assert "device 3" in error and "shows no switch port" in error
+
+
 def test_a3_pd_pair_in_one_super_pod_or_said():
     plan = plan_of("a3-1p1d")
 
