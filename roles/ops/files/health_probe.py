@@ -1,9 +1,9 @@
 """Ask every URL given on the command line for HTTP 200, all at once; print JSON.
 
-  python3 -c "$(cat health_probe.py)" TIMEOUT URL [URL ...]   (API key, if any, on stdin)
+  python3 -c "$(cat health_probe.py)" [--key-stdin] TIMEOUT URL [URL ...]
 
 Prints {"URL": STATUS, ...}: the HTTP status, or -1 when there is no answer. Read-only.
-When standard input holds a key (the service's fleet_api_key), every request carries
+With --key-stdin, standard input holds the service's key (fleet_api_key): every request carries
 `Authorization: Bearer KEY`; the key never appears on the command line or in the output.
 """
 
@@ -26,8 +26,11 @@ def probe(url, timeout, key):
 
 
 def main():
-    timeout, urls = float(sys.argv[1]), sys.argv[2:]
-    key = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read().strip()
+    args = sys.argv[1:]
+    key = ""
+    if args and args[0] == "--key-stdin":  # only then is stdin read (it may stay open otherwise)
+        args, key = args[1:], sys.stdin.read().strip()
+    timeout, urls = float(args[0]), args[1:]
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(urls) or 1)) as pool:
         futures = {url: pool.submit(probe, url, timeout, key) for url in urls}
     print(json.dumps({url: future.result() for url, future in futures.items()}))
