@@ -170,14 +170,23 @@ def disk_error(exc, directory):
     return f"{type(exc).__name__}: {exc}"
 
 
-def verify(a):
+def safe_listing(a):
+    """The hub's listing for a.model, checked to stay inside a.dir: (listing, None), or
+    (None, (exit code, result)) when the hub fails (2) or the listing is unsafe (4)."""
     try:
         listing = hub_files(a.endpoint, a.model, a.revision)
         check_listing(a.dir, listing)
     except HubError as exc:
-        return 2, {"status": "hub-error", "http_status": exc.status, "error": str(exc)}
+        return None, (2, {"status": "hub-error", "http_status": exc.status, "error": str(exc)})
     except Refused as exc:
-        return 4, {"status": "refused", "error": str(exc)}
+        return None, (4, {"status": "refused", "error": str(exc)})
+    return listing, None
+
+
+def verify(a):
+    listing, failure = safe_listing(a)
+    if failure:
+        return failure
     if not listing:
         return 2, {"status": "hub-empty", "error": f"no files listed for {a.model}"}
     missing, removed, good = [], [], {}
@@ -245,13 +254,9 @@ def cmd_check(a):
 def cmd_fetch(a):
     base = a.source.rstrip("/")
     os.makedirs(a.dir, exist_ok=True)
-    try:
-        listing = hub_files(a.endpoint, a.model, a.revision)
-        check_listing(a.dir, listing)
-    except HubError as exc:
-        return 2, {"status": "hub-error", "http_status": exc.status, "error": str(exc)}
-    except Refused as exc:
-        return 4, {"status": "refused", "error": str(exc)}
+    listing, failure = safe_listing(a)
+    if failure:
+        return failure
     fetched = 0
     files = {}
     for entry in sorted(listing, key=lambda e: e["Path"]):
