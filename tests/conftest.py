@@ -79,3 +79,16 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (CI=true), where every test must run: {reason}"
     return report
+
+
+# Order: tests that need no lab first (they fail in seconds), then the lab tests in file
+# order, and the Molecule scenarios last. Each scenario destroys its lab at the end, so run
+# in the middle it would take down the a3-1p1d lab that the lab tests share, and the next
+# test would bring it up again from nothing.
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        if item.get_closest_marker("molecule"):
+            return 2
+        return 1 if item.get_closest_marker("lab") else 0
+
+    items.sort(key=rank)  # stable: file order within each group
