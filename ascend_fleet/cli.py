@@ -1,9 +1,20 @@
-"""``ascend-fleet``: the plan of an inventory without Ansible, and vLLM flag checks.
+"""``ascend-fleet``: bring up, operate and inspect a fleet; the plan of an inventory; vLLM flag checks.
 
+ascend-fleet up INVENTORY [--lab] [--check] [-e NAME=VALUE ...]
+    Run site.yml (with --lab: bring up the lab for that topology first and add its overlay).
+ascend-fleet status|stop|restart|destroy|logs|eval INVENTORY [--lab] [-e ...]
+    The operations and evaluation playbooks.
+ascend-fleet lab up|down|status TOPOLOGY
+    The lab (lab/labctl).
 ascend-fleet plan INVENTORY.yml [MORE.yml ...] [--deploy] [--json]
     Validate the inventory and print the plan table (or JSON). Exit 1 on errors.
 ascend-fleet check-serve [--vllm-version 0.21.0] -- MODEL --flag value ...
     Check one ``vllm serve`` command line against vLLM's flag table. Exit 1 if refused.
+
+INVENTORY is a shipped topology name (a2-4p4d: inventories/a2-4p4d/hosts.yml) or a path.
+Progress: a live table on a terminal, one line per event otherwise (or --plain), JSON lines
+with --json. Every run keeps runs/<UTC time>-<verb>-<inventory>/ (report.json, report.html,
+ansible-runner's artifacts). Exit code: 0 ok, 1 failed, 2 bad input.
 """
 
 from __future__ import annotations
@@ -11,16 +22,72 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .inventory import load_yaml_inventory
 from .planview import plan_table
 from .serveflags import FlagSpec, ServeFlagError, parse_serve_argv
 from .topology import build_plan
 
+RUN_VERBS = {
+    "up": "bring the fleet up to a verified service (site.yml)",
+    "status": "containers, every rank's health, the proxy (playbooks/status.yml)",
+    "stop": "stop proxy, decode, prefill (playbooks/stop.yml)",
+    "restart": "rolling restart, one instance at a time (playbooks/restart.yml)",
+    "destroy": "remove the containers (playbooks/destroy.yml; needs -e ops_destroy_confirm=yes)",
+    "logs": "collect logs and diagnostics (playbooks/collect-logs.yml)",
+    "eval": "evaluate the deployment (playbooks/eval.yml)",
+}
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ascend-fleet", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors are bad input: exit 2, no traceback
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="ascend-fleet", description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True, parser_class=Parser)
+    for verb, text in RUN_VERBS.items():
+        r = sub.add_parser(verb, help=text, description=text)
+        r.add_argument("inventory", help="shipped topology name (a2-4p4d) or inventory path")
+        if verb == "up":
+            r.add_argument(
+                "--lab",
+                action="store_true",
+                help="bring up the lab for this topology first (lab/labctl up) and run against it",
+            )
+        else:
+            r.add_argument("--lab", action="store_true", help="run against this topology's lab (must be up)")
+        r.add_argument("--check", action="store_true", help="Ansible check mode: change nothing")
+        r.add_argument(
+            "-e",
+            "--extra-vars",
+            dest="extra_vars",
+            action="append",
+            default=[],
+            metavar="VARS",
+            help="passed to ansible-playbook -e (NAME=VALUE, JSON, @FILE); repeatable",
+        )
+        r.add_argument(
+            "-i",
+            "--inventory",
+            dest="more",
+            action="append",
+            default=[],
+            metavar="FILE",
+            help="a further inventory file (overrides), repeatable",
+        )
+        shown = r.add_mutually_exclusive_group()
+        shown.add_argument("--plain", action="store_true", help="one line per event, no live table")
+        shown.add_argument("--json", action="store_true", help="one JSON object per event line, then a summary")
+        r.add_argument("--runs-dir", type=Path, help="where run records go (default: runs/ in the project)")
+    lab = sub.add_parser("lab", help="the lab: a simulated Atlas cluster (lab/labctl)")
+    lab.add_argument("action", choices=["up", "down", "status"])
+    lab.add_argument("topology", help="shipped topology name")
     p = sub.add_parser("plan", help="validate an inventory and show its plan")
     p.add_argument("inventory", nargs="+", help="YAML inventory files (later ones override)")
     p.add_argument("--deploy", action="store_true", help="validate for deployment (refuse placeholders)")
@@ -28,7 +95,43 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check-serve", help="check a vllm serve command line")
     c.add_argument("--vllm-version", default="0.21.0")
     c.add_argument("argv", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    if args.cmd in RUN_VERBS:
+        from .runplay import Job, execute, project_root
+        from .runprogress import make_output
+
+        output = make_output("json" if args.json else "plain" if args.plain else "auto")
+        job = Job(
+            verb=args.cmd,
+            inventory=args.inventory,
+            root=project_root(),
+            output=output,
+            lab=args.lab,
+            lab_up=args.cmd == "up" and args.lab,
+            check=args.check,
+            extra_vars=args.extra_vars,
+            more_inventories=args.more,
+            runs_dir=args.runs_dir,
+        )
+        return execute(job)
+
+    if args.cmd == "lab":
+        from .runplay import BadInput, labctl_path, project_root, run_labctl, shipped_names
+
+        root = project_root()
+        try:
+            labctl_path(root)
+            if args.topology not in shipped_names(root):
+                raise BadInput(f"unknown topology {args.topology!r} (one of: {', '.join(shipped_names(root))})")
+        except BadInput as exc:
+            print(f"ascend-fleet: {exc}", file=sys.stderr)
+            return 2
+        return 0 if run_labctl(root, [args.action, args.topology]) == 0 else 1
 
     if args.cmd == "plan":
         hosts, groups = load_yaml_inventory(*args.inventory)
