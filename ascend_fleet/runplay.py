@@ -221,8 +221,13 @@ def prepare(job: Job) -> dict:
 
 def execute(job: Job) -> int:
     """Run the job: the lab first when asked, then the playbook. Returns the exit code."""
-    import ansible_runner
-
+    try:
+        import ansible_runner
+    except ImportError:
+        job.output.message(
+            "ascend-fleet: ansible-runner is not installed: scripts/setup.sh, or pip install -r requirements.txt"
+        )
+        return 2
     try:
         prep = prepare(job)
     except BadInput as exc:

@@ -27,4 +27,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
     echo "$want" > "$stamp"
 fi
+if [ ! -x .venv/bin/ascend-fleet ]; then
+    echo "setup: installing the ascend-fleet command (pip install -e .)"
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+fi
 echo "setup: ready ($(.venv/bin/ansible --version | head -1))"
