@@ -16,12 +16,12 @@ PALETTE = [
     "#b07aa1",
     "#9c755f",
     "#edc948",
-    "#86bcb6",
-    "#a0cbe8",
+    "#2f4b7c",
     "#8cd17d",
+    "#a0cbe8",
     "#d4a6c8",
-    "#bab0ac",
     "#499894",
+    "#bab0ac",
 ]
 FAILED = "#d62728"
 SKIPPED = "#d9d9d9"
@@ -54,6 +54,8 @@ def _duration(value: float | None) -> str:
 
 
 def _tick(value: float) -> str:
+    if value == 0:
+        return "0s"
     return f"{value:.1f}s" if value < 10 else _duration(value)
 
 
@@ -63,7 +65,16 @@ def timeline_svg(report: dict) -> str:
     colour = {p["name"]: PALETTE[i % len(PALETTE)] for i, p in enumerate(phases)}
     origin, total = _span(report)
     left, width, row, top = 130, 860, 30, 34
-    height = top + row * max(len(hosts), 1) + 30
+    # legend: the phases' colours and red, wrapped into lines under the rows
+    legend, x, line = [], left, 0
+    for name, fill in [*((p["name"], colour[p["name"]]) for p in phases), ("failed", FAILED)]:
+        size = 24 + 7 * len(name)
+        if x + size > left + width and x > left:
+            x, line = left, line + 1
+        legend.append((x, line, name, fill))
+        x += size
+    rows_end = top + row * max(len(hosts), 1)
+    height = rows_end + 18 * (line + 1) + 14
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" id="timeline" width="{left + width + 20}" height="{height}" '
         f'viewBox="0 0 {left + width + 20} {height}" font-family="sans-serif" font-size="12">',
@@ -72,7 +83,7 @@ def timeline_svg(report: dict) -> str:
     # time axis: 5 ticks
     for i in range(6):
         x = left + width * i / 5
-        out.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - 24}" stroke="#e5e5e5"/>')
+        out.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{rows_end}" stroke="#e5e5e5"/>')
         out.append(
             f'<text x="{x:.1f}" y="{top - 10}" text-anchor="middle" fill="#555">{escape(_tick(total * i / 5))}</text>'
         )
@@ -107,16 +118,10 @@ def timeline_svg(report: dict) -> str:
                     f'<text x="{x0 + 4:.1f}" y="{y + row / 2 + 4:.1f}" fill="{text_fill}">'
                     f"{escape(phase['name'])}</text>"
                 )
-    # legend
-    x, y = left, height - 8
-    for phase in phases:
-        out.append(f'<rect x="{x}" y="{y - 10}" width="10" height="10" fill="{colour[phase["name"]]}"/>')
-        out.append(f'<text x="{x + 14}" y="{y}" fill="#333">{escape(phase["name"])}</text>')
-        x += 24 + 7 * len(phase["name"])
-    out.append(
-        f'<rect x="{x}" y="{y - 10}" width="10" height="10" fill="{FAILED}"/>'
-        f'<text x="{x + 14}" y="{y}" fill="#333">failed</text>'
-    )
+    for x, line, name, fill in legend:
+        y = rows_end + 22 + 18 * line
+        out.append(f'<rect x="{x}" y="{y - 10}" width="10" height="10" fill="{fill}"/>')
+        out.append(f'<text x="{x + 14}" y="{y}" fill="#333">{escape(name)}</text>')
     out.append("</svg>")
     return "\n".join(out)
 
@@ -130,7 +135,7 @@ table { border-collapse: collapse; font-size: 13px; }
 td, th { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 td.failed { background: #fde0e0; } td.done { background: #e6f4ea; } td.skipped { color: #888; }
-pre { white-space: pre-wrap; margin: 0; font-size: 12px; max-width: 900px; }
+pre { white-space: pre-wrap; margin: 0; font-size: 12px; max-width: 900px; max-height: 15em; overflow: auto; }
 .meta td { border: none; padding: 1px 12px 1px 0; }
 """
 

@@ -8,6 +8,7 @@ and ``report.html``. Inputs are checked before anything runs (unknown inventory,
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -193,6 +194,11 @@ def prepare(job: Job) -> dict:
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(root / ".fact_cache"),
     }
+    # ansible-runner puts its own callback directory in ANSIBLE_CALLBACK_PLUGINS, which hides
+    # ansible.cfg's callback_plugins: name those here (the runner appends its own).
+    callbacks = _cfg_paths(root, "callback_plugins")
+    if callbacks:
+        env["ANSIBLE_CALLBACK_PLUGINS"] = os.pathsep.join(callbacks)
     # ansible-playbook of this Python's environment first (a venv need not be activated)
     env["PATH"] = os.pathsep.join([str(Path(ansible_playbook_bin()).parent), os.environ.get("PATH", "")])
     overlay = None
@@ -300,6 +306,17 @@ def execute(job: Job) -> int:
     write_report(run_dir, report)
     output.summary(report, str(run_dir))
     return code
+
+
+def _cfg_paths(root: Path, key: str) -> list[str]:
+    """A path list of ansible.cfg's [defaults], absolute (relative entries are from the checkout)."""
+    cfg = configparser.ConfigParser(interpolation=None)
+    try:
+        cfg.read(root / "ansible.cfg", encoding="utf-8")
+        value = cfg.get("defaults", key, fallback="")
+    except configparser.Error:
+        return []
+    return [str((root / part).resolve()) for part in value.split(os.pathsep) if part.strip()]
 
 
 def _shown(path: Path, root: Path) -> str:
