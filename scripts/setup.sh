@@ -31,4 +31,18 @@ if [ ! -x .venv/bin/ascend-fleet ]; then
     echo "setup: installing the ascend-fleet command (pip install -e .)"
     .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
 fi
-echo "setup: ready ($(.venv/bin/ansible --version | head -1))"
+
+# This checkout is also the ascend.fleet collection (the roles call its filters by their
+# full name, ascend.fleet.*): linked into the venv, where Ansible finds installed collections.
+site_packages=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+link="$site_packages/ansible_collections/ascend/fleet"
+if [ "$(readlink "$link" 2>/dev/null)" != "$PWD" ]; then
+    if [ -e "$link" ] && [ ! -L "$link" ]; then
+        echo "setup: $link is not a link to this checkout: remove it and run again" >&2
+        exit 1
+    fi
+    echo "setup: linking this checkout as the ascend.fleet collection"
+    mkdir -p "$(dirname "$link")"
+    ln -sfn "$PWD" "$link"
+fi
+echo "setup: ready ($(.venv/bin/ansible --version | sed -n 1p))"

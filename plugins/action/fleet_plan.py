@@ -15,17 +15,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ansible.errors import AnsibleActionFail
+import yaml
+from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
+try:
+    from ascend_fleet.topology import FLEET_VARS, build_plan
+except ImportError as exc:
+    raise AnsibleError(
+        f"the Python package ascend_fleet is not installed for {sys.executable} "
+        "(the Python that runs Ansible): run scripts/setup.sh, or pip install -e . in the checkout"
+    ) from exc
+
+# The collection root (the checkout, or ansible_collections/ascend/fleet when installed).
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-import yaml  # noqa: E402  (after the sys.path set-up that makes ascend_fleet importable)
-
-from ascend_fleet.topology import FLEET_VARS, build_plan  # noqa: E402  (same reason)
 
 display = Display()
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from ansible.errors import AnsibleError
 
-from ascend_fleet import checks  # noqa: E402  (needs the sys.path line)
-from ascend_fleet.planview import plan_svg, plan_table  # noqa: E402  (needs the sys.path line)
+try:
+    from ascend_fleet import checks
+    from ascend_fleet.planview import plan_svg, plan_table
+except ImportError as exc:
+    raise AnsibleError(
+        f"the Python package ascend_fleet is not installed for {sys.executable} "
+        "(the Python that runs Ansible): run scripts/setup.sh, or pip install -e . in the checkout"
+    ) from exc
 
 
 def abspath(path: str) -> str:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from ansible.errors import AnsibleFilterError
+from ansible.errors import AnsibleError, AnsibleFilterError
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from ascend_fleet import evaluation  # noqa: E402  (needs the sys.path line)
-from ascend_fleet.recipes import RecipeError, load_recipe  # noqa: E402  (same)
+try:
+    from ascend_fleet import evaluation
+    from ascend_fleet.recipes import RecipeError, load_recipe
+except ImportError as exc:
+    raise AnsibleError(
+        f"the Python package ascend_fleet is not installed for {sys.executable} "
+        "(the Python that runs Ansible): run scripts/setup.sh, or pip install -e . in the checkout"
+    ) from exc
 
 
 def eval_thresholds(recipe_id: str, overrides: dict | None = None) -> dict:
