@@ -108,12 +108,26 @@ def test_tarball_holds_the_collection_and_not_the_checkout_tooling(tarball):
         assert str(plugin.relative_to(REPO)) in names, plugin
     assert {"site.yml", "meta/runtime.yml", "README.md", "inventories/a2-4p4d/hosts.yml"} <= names
     top = {name.split("/", 1)[0] for name in names}
-    leaked = top & {"lab", "tests", "molecule", ".venv", ".git", "scripts", "ascend_fleet", "runs", "dist", "context"}
+    checkout_only = {"lab", "tests", "molecule", "scripts", "bench", "ascend_fleet", "runs", "dist", "context"}
+    leaked = top & (checkout_only | {".venv", ".git"})
     assert not leaked, f"the tarball carries checkout-only directories: {sorted(leaked)}"
     # No requirements.txt: ansible-builder would read it from the installed collection and put
     # the test tools (molecule, pytest, ...) into the execution environment.
     assert "requirements.txt" not in names
     assert not [n for n in names if n.endswith((".png", ".pyc")) or "/__pycache__" in n or n.startswith(".")]
+
+
+def test_install_straight_from_the_checkout(tmp_path):
+    """ansible-galaxy collection install <checkout>: the same files as the tarball (build_ignore)."""
+    run(
+        [str(VENV_BIN / "ansible-galaxy"), "collection", "install", "--force", "-p", str(tmp_path), str(REPO)], tmp_path
+    )
+    root = tmp_path / "ansible_collections" / "ascend" / "fleet"
+    manifest = json.loads((root / "MANIFEST.json").read_text())["collection_info"]
+    assert (manifest["namespace"], manifest["name"], manifest["version"]) == ("ascend", "fleet", VERSION)
+    assert sorted(p.parent.parent.name for p in root.glob("roles/*/meta/argument_specs.yml")) == ROLES
+    assert (root / "playbooks" / "site.yml").is_file() and (root / "plugins" / "filter" / "fleet.py").is_file()
+    assert not [d for d in ("lab", "tests", "molecule", "ascend_fleet", ".venv") if (root / d).exists()]
 
 
 def test_ansible_doc_shows_every_role_and_its_argument_spec(installed):
