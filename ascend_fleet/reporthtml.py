@@ -67,7 +67,8 @@ def timeline_svg(report: dict) -> str:
     left, width, row, top = 130, 860, 30, 34
     # legend: the phases' colours and red, wrapped into lines under the rows
     legend, x, line = [], left, 0
-    for name, fill in [*((p["name"], colour[p["name"]]) for p in phases), ("failed", FAILED)]:
+    failed = [("failed", FAILED)] if any(hp["status"] == "failed" for p in phases for hp in p["hosts"].values()) else []
+    for name, fill in [*((p["name"], colour[p["name"]]) for p in phases), *failed]:
         size = 24 + 7 * len(name)
         if x + size > left + width and x > left:
             x, line = left, line + 1
