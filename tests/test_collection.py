@@ -233,6 +233,25 @@ def test_no_plugin_or_role_puts_the_checkout_on_sys_path():
     )
 
 
+def test_a_checkout_without_the_collection_is_refused_before_anything_is_written(tmp_path):
+    """Ansible that cannot find ascend.fleet (here: the venv's collections hidden) stops in the
+    first task, naming the fix, instead of failing mid-run on an unknown filter."""
+    out = tmp_path / "render"
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "playbooks/render.yml", "-i", "a3-1p1d", "-e", f"fleet_render_dir={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false", "ANSIBLE_NOCOLOR": "1"},
+    )
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert "the ascend.fleet collection is not installed for this Ansible" in proc.stdout
+    assert "scripts/setup.sh" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not out.exists()
+
+
 def test_the_python_package_is_installed_not_found_by_cwd(tmp_path):
     """Outside the checkout, the venv's Python imports ascend_fleet (pip install -e . by setup)."""
     proc = run(

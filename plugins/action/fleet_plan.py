@@ -12,6 +12,7 @@ Options:
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -32,6 +33,14 @@ except ImportError as exc:
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 display = Display()
+
+
+def collection_installed() -> bool:
+    """Whether Ansible finds the ascend.fleet collection (installed, or this checkout linked)."""
+    try:
+        return importlib.util.find_spec("ansible_collections.ascend.fleet") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def role_option_types() -> dict[str, str]:
@@ -57,6 +66,13 @@ class ActionModule(ActionBase):
         mode = self._task.args.get("mode", "deploy")
         if mode not in ("render", "deploy"):
             raise AnsibleActionFail(f"fleet_plan: mode must be render or deploy, got {mode!r}")
+        if not collection_installed():
+            # The roles call their filters as ascend.fleet.*: say so now, not mid-deployment.
+            raise AnsibleActionFail(
+                "the ascend.fleet collection is not installed for this Ansible: in a checkout run "
+                "scripts/setup.sh (it links the checkout into the venv as the collection), or "
+                "ansible-galaxy collection install <checkout or ascend-fleet tarball>"
+            )
         hostvars = task_vars["hostvars"]
         groups = {name: list(hosts) for name, hosts in task_vars["groups"].items()}
         option_types = role_option_types()
