@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -373,3 +374,66 @@ def test_report_html_of_a_good_run_in_chromium(tmp_path):
     assert red_pixels(pixels) == 0
     colours = {tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in PALETTE}
     assert sum(1 for p in pixels if p in colours) > 5000  # the phases' bars are drawn
+
+
+def test_live_table_mid_run_and_plain_lines():
+    """The live view at a moment of a recorded run: done and running cells with times; and
+    the plain output's lines for the same events."""
+    import io
+
+    from rich.console import Console
+
+    from ascend_fleet.runprogress import LiveOutput, PlainOutput
+    from ascend_fleet.runreport import parse_time
+
+    events = load_events("a3-1p1d-up-ok.jsonl.gz")
+    tracker = RunTracker(phase_plan(REPO / "site.yml"))
+    plain = PlainOutput(io.StringIO())
+    plain.start(tracker, "title")
+    for event in events:
+        plain.records(tracker.feed(event))
+        if tracker.current is not None and tracker.current.name == "Deploy in order":
+            break
+    live = LiveOutput(io.StringIO())
+    live.tracker, live.title, live.lab_status = tracker, "ascend-fleet up a3-1p1d", ""
+    console = Console(record=True, width=120, file=io.StringIO())
+    console.print(live.render(now=parse_time(event["created"])))
+    text = console.export_text()
+    weights = next(line for line in text.splitlines() if "Weights" in line)
+    assert weights.count("✓") == 2  # done on both hosts, with the time
+    deploy = next(line for line in text.splitlines() if "Deploy in order" in line)
+    assert "✓" not in deploy  # just started: nobody is done there
+    assert "prefill-0" in text and "decode-0" in text and "elapsed" in text
+
+    lines = plain.stream.getvalue().splitlines()
+    assert lines[0] == "== title"
+    assert any(line.endswith("phase Weights: done") for line in lines)
+    assert any("decode-0: changed" in line or "decode-0: ok" in line for line in lines)
+
+
+def test_many_hosts_show_counts_per_state():
+    import io
+
+    from rich.console import Console
+
+    from ascend_fleet.runprogress import LiveOutput
+
+    tracker = RunTracker([])
+    tracker.feed(ev("playbook_on_play_start", 0, play="Image"))
+    for i in range(12):
+        tracker.feed(ev("runner_on_start", 1, host=f"node-{i}", task="pull"))
+        if i < 9:
+            tracker.feed(ev("runner_on_ok", 2, host=f"node-{i}", task="pull", res={}))
+    tracker.feed(ev("runner_on_failed", 3, host="node-9", task="pull", res={"msg": "no"}))
+    live = LiveOutput(io.StringIO())
+    live.tracker, live.title, live.lab_status = tracker, "t", ""
+    console = Console(record=True, width=100, file=io.StringIO())
+    console.print(live.render(now=datetime(2026, 1, 1, 0, 0, 3, tzinfo=UTC)))
+    text = console.export_text()
+    assert "node-3" not in text.split("now:")[0]  # no column per host
+    header = next(line for line in text.splitlines() if "phase" in line)
+    assert all(state in header for state in ("done", "running", "failed", "skipped"))
+    row = next(line for line in text.splitlines() if "Image" in line)
+    cells = [cell.strip() for cell in row.strip().strip("│").split("│")]
+    # done, running, failed, skipped: a host is running in the phase until the phase ends
+    assert cells == ["Image", "3s", "", "11", "1", ""], cells
