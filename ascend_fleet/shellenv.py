@@ -22,6 +22,7 @@ Recipe format::
       a2:
         source:                     # files the ~/.bashrc sources, in order
           - [/usr/local/Ascend/ascend-toolkit/set_env.sh, "<where this line comes from>"]
+          - ["/usr/local/Ascend/nnal/atb/set_env.sh --cxx_abi=1", "<origin>"]   # with arguments
         export:                     # export lines appended to ~/.bashrc, in order
           - [LD_LIBRARY_PATH, "$LD_LIBRARY_PATH:/usr/local/lib", "<Dockerfile:line>"]
 """
@@ -34,6 +35,8 @@ from typing import Any
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 PATH = re.compile(r"/[A-Za-z0-9_./+-]*\Z")
+# Arguments a sourced file may get (CANN 9.1.0's ~/.bashrc: `source .../atb/set_env.sh --cxx_abi=1`).
+SOURCE_ARG = re.compile(r"--[A-Za-z0-9_-]+=[A-Za-z0-9_.-]+\Z")
 # What a build-time `echo "..."` expands in the Dockerfiles' lines: $NAME, ${NAME}, $(uname -m).
 EXPANSION = re.compile(r"\$\(uname -m\)|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 # `docker image inspect` .Architecture (Go's GOARCH) -> `uname -m`.
@@ -60,8 +63,12 @@ def for_kind(recipe: dict[str, Any], kind: str) -> dict[str, list[list[str]]]:
     for item in entry.get("source") or []:
         if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
             raise ShellEnvError(f"{where}.{kind}.source: expected [file, origin], got {item!r}")
-        if not PATH.match(item[0]):
-            raise ShellEnvError(f"{where}.{kind}.source: {item[0]!r} is not an absolute path")
+        path, *args = item[0].split(" ")
+        if not PATH.match(path):
+            raise ShellEnvError(f"{where}.{kind}.source: {path!r} is not an absolute path")
+        bad = [a for a in args if not SOURCE_ARG.match(a)]
+        if bad:
+            raise ShellEnvError(f"{where}.{kind}.source: argument {bad[0]!r} of {path} is not --name=value")
         out["source"].append(list(item))
     for item in entry.get("export") or []:
         if not (isinstance(item, list) and len(item) == 3 and all(isinstance(x, str) for x in item)):
@@ -103,7 +110,7 @@ def bashrc_lines(shell_env: dict[str, Any], env_list: list[str] | None, architec
     """The ``~/.bashrc`` lines of the image (source and export lines, in the image's order),
     values expanded as at build time and shell-quoted."""
     env = image_environment(env_list)
-    lines = [f"source {shlex.quote(path)}" for path, _ in shell_env.get("source", [])]
+    lines = [f"source {shlex.join(path.split(' '))}" for path, _ in shell_env.get("source", [])]
     for name, template, _ in shell_env.get("export", []):
         lines.append(f"export {name}={shlex.quote(build_time_value(template, env, architecture))}")
     return lines
