@@ -21,6 +21,11 @@ from ansible.module_utils.basic import AnsibleModule
 DOCUMENTATION = r"""
 module: fleet_eval_smoke
 short_description: One request through every prefill x decode path (or every API port)
+description:
+  - A PD path is sent the way the PD proxy sends a request, the prefill leg to one prefill
+    rank, then the decode leg with the prefill's kv_transfer_params to one decode rank, so
+    each prefill x decode pair's KV transfer is exercised on its own.
+  - A single-node path is one request to one API port. Changes nothing.
 options:
   paths: {type: list, elements: dict, required: true, description: "[{name, prefill, decode}] or [{name, url}]"}
   model: {type: str, required: true, description: served model name}

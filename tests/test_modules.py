@@ -1,0 +1,88 @@
+"""The collection's modules: each documented for ansible-doc, documentation equal to its
+argument spec, read-only probes supporting check mode."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, ansible_bin
+
+MODULES = sorted(p.stem for p in (REPO / "plugins" / "modules").glob("*.py"))
+
+
+class _Captured(SystemExit):
+    pass
+
+
+def argument_spec_of(name: str) -> tuple[dict, bool]:
+    """(argument_spec, supports_check_mode) as the module hands them to AnsibleModule."""
+    spec = importlib.util.spec_from_file_location(f"_fleet_module_{name}", REPO / "plugins" / "modules" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    seen = {}
+
+    def fake(argument_spec, supports_check_mode=False, **_kw):
+        seen.update(spec=argument_spec, check=supports_check_mode)
+        raise _Captured
+
+    module.AnsibleModule = fake
+    with pytest.raises(_Captured):
+        module.main()
+    return seen["spec"], seen["check"]
+
+
+def test_there_are_modules():
+    assert {"fleet_npu_facts", "fleet_node_probe", "fleet_npu_mesh"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_ansible_doc_documents_the_module(name):
+    proc = subprocess.run([ansible_bin("ansible-doc"), "-t", "module", "--json", f"ascend.fleet.{name}"],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)[f"ascend.fleet.{name}"]["doc"]
+    assert doc["short_description"]
+    assert doc.get("description")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_documented_options_equal_the_argument_spec(name):
+    source = (REPO / "plugins" / "modules" / f"{name}.py").read_text()
+    doc_text = source.split('DOCUMENTATION = r"""', 1)[1].split('"""', 1)[0]
+    options = yaml.safe_load(doc_text).get("options") or {}
+    spec, _ = argument_spec_of(name)
+    assert set(options) == set(spec), f"{name}: documented {sorted(options)}, accepted {sorted(spec)}"
+    for option, rules in spec.items():
+        assert options[option].get("type", "str") == rules.get("type", "str"), f"{name}: {option} type"
+        assert bool(options[option].get("required")) == bool(rules.get("required")), f"{name}: {option} required"
+        assert options[option].get("no_log", False) == rules.get("no_log", False), f"{name}: {option} no_log"
+
+
+@pytest.mark.parametrize("name", ["fleet_npu_facts", "fleet_node_probe", "fleet_npu_mesh"])
+def test_read_only_probes_run_in_check_mode(name):
+    _, check = argument_spec_of(name)
+    assert check is True
+
+
+def test_the_facts_script_is_the_shared_module_utils_and_runs_alone(tmp_path):
+    """preflight installs plugins/module_utils/fleet_node.py as facts.d/npu.fact: it must run
+    as a program with the standard library only and print JSON (here, on a machine without
+    NPUs: nothing present, problems listed, no traceback)."""
+    script = REPO / "plugins" / "module_utils" / "fleet_node.py"
+    assert "ansible" not in "".join(
+        line for line in script.read_text().splitlines() if line.startswith(("import ", "from "))
+    )
+    proc = subprocess.run([sys.executable, "-I", str(script)], cwd=tmp_path, capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    assert facts["present"] is Path("/usr/local/Ascend/driver/tools/hccn_tool").exists()
+    assert isinstance(facts["devices"], list)
+    assert facts["problems"], "on a machine without NPUs the facts name what is missing"
