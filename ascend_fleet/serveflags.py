@@ -30,6 +30,14 @@ class ServeFlagError(ValueError):
     """A ``vllm serve`` command line that vLLM would reject (or silently misread)."""
 
 
+class UnknownFlagError(ServeFlagError):
+    """A flag that this vLLM version does not have (vLLM: "unrecognized arguments")."""
+
+    def __init__(self, option: str, version: str):
+        super().__init__(f"unknown flag {option!r} for vllm serve (vLLM {version})")
+        self.option = option
+
+
 @dataclass(frozen=True)
 class Flag:
     options: tuple[str, ...]
@@ -179,7 +187,14 @@ def parse_serve_argv(argv: list[str], spec: FlagSpec) -> ServeCommand:
         option, inline = ([*token.split("=", 1), None])[:2] if "=" in token else (token, None)
         found = spec.lookup(option)
         if found is None:
-            raise ServeFlagError(f"unknown flag {option!r} for vllm serve (vLLM {spec.version})")
+            longer = sorted({spec.canonical(f) for f in spec.flags for o in f.options if o.startswith(option)})
+            if option.startswith("--") and longer:
+                # vLLM takes a unique prefix for the whole flag: refused here, spelled out.
+                raise ServeFlagError(
+                    f"unknown flag {option!r} for vllm serve (vLLM {spec.version}): an abbreviation of "
+                    f"{' or '.join(longer)}; write the flag out"
+                )
+            raise UnknownFlagError(option, spec.version)
         flag, negated = found
         canonical = spec.canonical(flag)
         if flag.dest in seen and flag.action != "_AppendAction":

@@ -190,7 +190,7 @@ def pydeps() -> Path:
 # -- refusals before start -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad, message", [
-    (["--enable-dsa-cp"], "unknown flag '--enable-dsa-cp'"),
+    (["--enable-dsa-cp"], "vllm serve: error: unrecognized arguments: --enable-dsa-cp"),
     (["--tensor-parallel", "2"], "unknown flag '--tensor-parallel'"),
     (["--additional-config", "{enable_dsa_cp: true}"], "invalid JSON"),
     (["--port", "8900", "--port", "8901"], "given twice"),

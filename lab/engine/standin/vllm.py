@@ -64,9 +64,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
-from ascend_fleet.serveflags import FlagSpec, ServeFlagError, parse_serve_argv  # noqa: E402
+from ascend_fleet.serveflags import FlagSpec, ServeFlagError, UnknownFlagError, parse_serve_argv  # noqa: E402
 
-VERSION = "0.21.0"
+# The vLLM version impersonated: written beside this file by lab/engine/build (one image
+# per vllm-ascend release); the flag table of that version decides which flags exist.
+_VERSION_FILE = Path(__file__).resolve().parent / "VERSION"
+VERSION = _VERSION_FILE.read_text().strip() if _VERSION_FILE.is_file() else "0.21.0"
 ANSWER = (
     "I am DeepSeek-V4-Flash, served by the ascend-fleet lab engine: a stand-in for vLLM "
     "{version} with vllm-ascend. No NPU computed this answer, but every step that led here "
@@ -573,6 +576,7 @@ class Engine:
         self.dp_rank, self.tp, self.host_ip = dp_rank, tp, host_ip
         self.served = 0
         self.kv_pulls = 0
+        self.running = 0
         self.lock = threading.Lock()
 
 
@@ -724,7 +728,9 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/metrics":
             name = e.names[0]
             text = (f'vllm:request_success_total{{model_name="{name}"}} {e.served}\n'
-                    f'vllm:lab_kv_pulls_total{{model_name="{name}"}} {e.kv_pulls}\n').encode()
+                    f'vllm:lab_kv_pulls_total{{model_name="{name}"}} {e.kv_pulls}\n'
+                    f'vllm:num_requests_running{{model_name="{name}"}} {e.running}\n'
+                    f'vllm:num_requests_waiting{{model_name="{name}"}} 0\n').encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(text)))
@@ -761,7 +767,14 @@ class Handler(BaseHTTPRequestHandler):
         except (ValueError, AssertionError):
             self._error(400, "request body is not a JSON object")
             return
-        self._complete(body, chat=self.path.endswith("chat/completions"))
+        # In progress, as vLLM's num_requests_running gauge (a drain waits for 0).
+        with self.engine.lock:
+            self.engine.running += 1
+        try:
+            self._complete(body, chat=self.path.endswith("chat/completions"))
+        finally:
+            with self.engine.lock:
+                self.engine.running -= 1
 
     def _complete(self, body: dict, chat: bool) -> None:
         e = self.engine
@@ -958,6 +971,10 @@ def write_plog() -> None:
 def serve(argv: list[str]) -> int:
     try:
         cmd = parse_serve_argv(argv, FlagSpec.load(VERSION))
+    except UnknownFlagError as exc:  # argparse's own words for a flag this version lacks
+        print(USAGE, file=sys.stderr)
+        print(f"vllm serve: error: unrecognized arguments: {exc.option}", file=sys.stderr, flush=True)
+        return 2
     except ServeFlagError as exc:
         print(USAGE, file=sys.stderr)
         print(f"vllm serve: error: {exc}", file=sys.stderr, flush=True)
