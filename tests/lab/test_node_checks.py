@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import urllib.request
 
 import pytest
 
@@ -173,3 +175,65 @@ def test_a3_pair_in_two_super_pods_and_busy_chip(lab_a3):
     assert re.search(r"prefill-0: device 3 \(NPU 1 chip 1\) is busy: pid \d+ \(python3 -c", out), out[-4000:]
     assert "decode-0: device" not in out
     assert {host: containers_by_id(lab_a3, host) for host in before} == before
+
+
+def test_weights_lock_wait_then_disk_full_during_download_then_resumes(small_a2):
+    """The weights phase on the small cache (its own playbook: the space was there at
+    preflight, another process filled it since): a download of another run holding the
+    weights lock is waited for a bounded time with progress lines, then named; the cache
+    filling up mid-download is said as disk full with no corrupt file left; once space is
+    freed the re-run completes."""
+    lab = small_a2
+    state = REPO / "lab" / ".state" / A2
+    markers = "/root/.cache/*/*/.ascend-fleet-complete.json /root/.cache/*/*/*/.ascend-fleet-complete.json"
+    model_dir = lab.ssh("node-0", f"dirname $(ls {markers} 2>/dev/null | head -1)").stdout.strip()
+    assert model_dir.startswith("/root/.cache/"), model_dir
+    model = json.loads(lab.ssh("node-0", f"cat {model_dir}/.ascend-fleet-complete.json").stdout)["model"]
+
+    def weights(*extra: str) -> subprocess.CompletedProcess:
+        return run_playbook("playbooks/validate.yml", "playbooks/weights.yml", "-i", A2, "-i",
+                            str(state / "hosts.yml"), *extra, check=False,
+                            env={"ANSIBLE_CACHE_PLUGIN_CONNECTION": str(state / "facts")})
+
+    listing_url = (f"http://198.18.0.1:8081/api/v1/models/{model}/repo/files?Revision=master&Recursive=True")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(listing_url, timeout=30) as resp:
+        hub = {f["Path"]: f for f in json.load(resp)["Data"]["Files"] if f.get("Type") != "tree"}
+    lab.ssh("node-0", f"rm -rf {model_dir}")
+    # Another download of this cache holds the weights lock (the toolkit's own helper).
+    tool = (REPO / "roles" / "weights" / "files" / "weights_tool.py").read_text()
+    subprocess.run([*lab.ssh_cmd("node-0"), "cat > /root/other-weights-tool.py"], input=tool, text=True, check=True)
+    holder = lab.ssh("node-0", "setsid python3 /root/other-weights-tool.py ensure --dir /root/other-model "
+                               "--endpoint http://198.18.0.1:8081 --model " + model + " --lock "
+                               "/root/.cache/.ascend-fleet-weights.lock -- sleep 600 >/dev/null 2>&1 < /dev/null "
+                               "& echo $!; sleep 2").stdout.strip()
+    try:
+        waited = weights("-e", "weights_lock_wait_s=6", "-e", "weights_lock_poll_s=2")
+    finally:
+        lab.ssh("node-0", f"kill {holder}; pkill -f 'sleep 600'; rm -rf /root/other-weights-tool.py /root/other-model")
+    out = text(waited)
+    assert waited.returncode != 0
+    assert "FAILED - RETRYING: [node-0]: Wait for the weights lock (at most weights_lock_wait_s)" in out, out[-4000:]
+    assert re.search(rf"node-0: weights lock /root/\.cache/\.ascend-fleet-weights\.lock is held by pid {holder} "
+                     rf"on \S+ \(download of {re.escape(model)}\) since [\d-]+ [\d:]+ UTC; still held after 6 s "
+                     r"\(weights_lock_wait_s\)", out), out[-4000:]
+    # The cache fills up (another process) and the download hits it.
+    free = int(lab.ssh("node-0", "df --output=avail -B1 /root/.cache | tail -1").stdout)
+    lab.ssh("node-0", f"head -c {free - 24 * 2**20} /dev/zero > /root/.cache/filler")
+    try:
+        full = weights()
+        present = lab.ssh("node-0", f"cd {model_dir} 2>/dev/null && find . -type f ! -name '.*' -printf '%P\\n' "
+                                    "| xargs -r sha256sum").stdout
+    finally:
+        lab.ssh("node-0", "rm -f /root/.cache/filler")
+    out = text(full)
+    assert full.returncode != 0
+    assert "disk full" in out and "node-0" in out, out[-4000:]
+    # No corrupt file where a good one is expected: whatever is there is what the hub lists.
+    for line in present.splitlines():
+        digest, rel = line.split(maxsplit=1)
+        assert rel in hub and hub[rel].get("Sha256") in (None, digest), f"{rel} left corrupt after the disk filled"
+    # Space freed: the re-run completes and verifies.
+    again = weights()
+    assert again.returncode == 0, text(again)[-4000:]
+    assert lab.ssh("node-0", f"test -f {model_dir}/.ascend-fleet-complete.json").returncode == 0

@@ -15,10 +15,12 @@
       Copies the files the HUB lists from a peer serving its verified weights over HTTP,
       checking each against the hub's size and sha256 (never the peer's own claim).
   weights_tool.py ensure --dir D --endpoint URL --model O/N --revision R --lock F
-                        [--retries N] [--token-stdin] -- DOWNLOAD COMMAND...
-      Under an exclusive lock on F: if the marker is valid, does nothing; otherwise checks
-      the hub's listing is safe, runs the download command and verifies, retrying (a
-      dropped connection resumes; a corrupt file is deleted and fetched again) until
+                        [--lock-wait S] [--retries N] [--token-stdin] -- DOWNLOAD COMMAND...
+      Under an exclusive lock on F (waiting at most S seconds while another download holds
+      it, a progress line on stderr every 30 s; exit 6 naming the holder when it is still
+      held; the holder writes its pid, host, model and start time into F): if the marker
+      is valid, does nothing; otherwise checks the hub's listing is safe, runs the download
+      command and verifies, retrying (a dropped connection resumes; a corrupt file is deleted and fetched again) until
       complete or out of retries. "@SECRETS_DIR@" in the download command is replaced by
       a private directory ($TMPDIR/ascend-fleet-secrets-*, mode 0700) that holds the file
       "token" (mode 0600) when a token was given (--token-stdin: read from stdin); it is
@@ -27,6 +29,8 @@
       Serves the files of D's completion marker read-only over HTTP for peers
       (daemonizes; stops after S seconds). Fails, saying so, when it cannot bind.
   weights_tool.py stop --pidfile F
+  weights_tool.py lock-status --lock F
+      Exit 0 when the weights lock F is free, 1 (naming its holder) while it is held.
 Prints one JSON line describing what it did (any token redacted).
 """
 
@@ -39,6 +43,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -344,10 +349,71 @@ def summarize(attempt):
     return verified.get("error", verified.get("status", "?"))
 
 
+def lock_holder(lock_path):
+    """What the holder of the weights lock wrote into it (pid, host, since, model), or {}."""
+    try:
+        with open(lock_path, encoding="utf-8") as fh:
+            holder = json.loads(fh.read() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def describe_holder(lock_path):
+    h = lock_holder(lock_path)
+    if not h:
+        return f"weights lock {lock_path} is held by another process"
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(h.get("since", 0)))
+    return (f"weights lock {lock_path} is held by pid {h.get('pid', '?')} on {h.get('host', '?')} "
+            f"(download of {h.get('model', '?')}) since {since}")
+
+
+def take_lock(lock, lock_path, wait_s, every_s=30):
+    """The exclusive lock on the open file, waiting at most wait_s seconds with a progress
+    line on stderr every every_s seconds. Returns None once held, else what holds it."""
+    start = time.monotonic()
+    said = 0.0
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            waited = time.monotonic() - start
+            if waited >= wait_s:
+                return describe_holder(lock_path)
+            if waited - said >= every_s or said == 0.0:
+                said = waited or 1e-9
+                print(f"waiting: {describe_holder(lock_path)}: {int(waited)} s of at most "
+                      f"{wait_s} s (weights_lock_wait_s)", file=sys.stderr, flush=True)
+            time.sleep(min(1.0, max(0.05, wait_s - waited)))
+    return None
+
+
+def cmd_lock_status(a):
+    """Exit 0 when the weights lock is free, 1 (naming the holder) while another process holds it."""
+    if not os.path.exists(a.lock):
+        return 0, {"status": "free"}
+    with open(a.lock, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 1, {"status": "held", "holder": lock_holder(a.lock), "error": describe_holder(a.lock)}
+    return 0, {"status": "free"}
+
+
 def cmd_ensure(a):
     os.makedirs(a.dir, exist_ok=True)
     with open(a.lock, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one downloader per shared cache; others wait here
+        # One downloader per shared cache; the others wait here, a bounded time, saying so.
+        held_by = take_lock(lock, a.lock, a.lock_wait)
+        if held_by:
+            return 6, {"status": "lock-timeout", "changed": False,
+                       "error": f"{held_by}; still held after {a.lock_wait} s (weights_lock_wait_s)"}
+        lock.seek(0)
+        lock.truncate()
+        lock.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": int(time.time()),
+                               "model": a.model}))
+        lock.flush()
         if cmd_check(a)[0] == 0:
             return 0, {"status": "complete", "changed": False}
         # The hub's listing first: a bad token, a missing model or an unsafe path is said
@@ -460,9 +526,9 @@ def _terminate(signum, _frame):
 def main():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("verify", "check", "fetch", "ensure", "serve", "stop"):
+    for name in ("verify", "check", "fetch", "ensure", "serve", "stop", "lock-status"):
         p = sub.add_parser(name)
-        if name != "stop":
+        if name not in ("stop", "lock-status"):
             p.add_argument("--dir", required=True)
         if name in ("verify", "check", "ensure", "fetch"):
             p.add_argument("--model", required=True)
@@ -473,8 +539,11 @@ def main():
                            help="read the hub token from stdin (never from the command line)")
         if name == "fetch":
             p.add_argument("--source", required=True)
-        if name == "ensure":
+        if name in ("ensure", "lock-status"):
             p.add_argument("--lock", required=True)
+        if name == "ensure":
+            p.add_argument("--lock-wait", type=int, default=7200,
+                           help="seconds to wait for the lock held by another download")
             p.add_argument("--retries", type=int, default=3)
             p.add_argument("command", nargs=argparse.REMAINDER)
         if name == "serve":
@@ -499,6 +568,7 @@ def main():
         "ensure": cmd_ensure,
         "serve": cmd_serve,
         "stop": cmd_stop,
+        "lock-status": cmd_lock_status,
     }
     try:
         rc, info = handlers[a.cmd](a)
