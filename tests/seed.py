@@ -42,7 +42,22 @@ SEED_TEXT = REPO.parent / "shared" / "seed" / SEED_NAME
 SCRIPT_NAMES = ["a2-single", "a3-single", "a3-prefill", "a3-decode", "a2-prefill", "a2-decode"]
 LAUNCH_NAMES = ["a3-prefill", "a3-decode", "a2-prefill", "a2-decode"]
 STARTS = ("export OMP_PROC_BIND", "nic_name=", "unset ftp_proxy")
-HEADING = re.compile(r"^(\d+(?:\.\d+)*) .*#$")
+# A section heading: rendered text ("5.2.1 A3 ... #") or Markdown ("#### 5.2.1 A3 ...").
+HEADING = re.compile(r"^(?:#+\s+(\d+(?:\.\d+)*)\s.*|(\d+(?:\.\d+)*) .*#)$")
+# The v0.23.0 tutorial (tests/data, the file at the vllm-ascend tag v0.23.0, Apache-2.0):
+# same scripts in the same order, plus Ascend 950DT blocks (None: not deployed here).
+V0230_TEXT = Path(__file__).resolve().parent / "data" / "vllm-ascend-v0.23.0-DeepSeek-V4-Flash.md"
+V0230_SCRIPT_NAMES = [
+    "a2-single",
+    "a3-single",
+    None,
+    "a3-prefill",
+    "a3-decode",
+    "a2-prefill",
+    "a2-decode",
+    None,
+    None,
+]
 
 
 # ---- deriving the facts from the tutorial's text ----------------------------------------
@@ -64,7 +79,7 @@ def _sections(lines: list[str]) -> list[str]:
     for line in lines:
         m = HEADING.match(line.strip())
         if m:
-            current = m.group(1)
+            current = m.group(1) or m.group(2)
         out.append(current)
     return out
 
@@ -113,8 +128,11 @@ def _flags(tokens: list[tuple[int, str]]) -> list[dict[str, Any]]:
     return out
 
 
-def derive_facts(text: str) -> dict[str, Any]:
-    """The facts the tests need, cut out of the tutorial's text (line numbers 1-based)."""
+def derive_facts(text: str, script_names: list[str | None] | None = None) -> dict[str, Any]:
+    """The facts the tests need, cut out of the tutorial's text (line numbers 1-based).
+
+    ``script_names`` names the serve scripts in the order they appear (None: skip one)."""
+    script_names = script_names or SCRIPT_NAMES
     lines = text.splitlines()
     section = _sections(lines)
     blocks: list[tuple[int, int]] = []
@@ -129,9 +147,11 @@ def derive_facts(text: str) -> dict[str, Any]:
             i = k + 1
         else:
             i += 1
-    assert len(blocks) == len(SCRIPT_NAMES), f"expected {len(SCRIPT_NAMES)} serve scripts, found {len(blocks)}"
+    assert len(blocks) == len(script_names), f"expected {len(script_names)} serve scripts, found {len(blocks)}"
     scripts: dict[str, Any] = {}
-    for name, (first, last) in zip(SCRIPT_NAMES, blocks, strict=True):
+    for name, (first, last) in zip(script_names, blocks, strict=True):
+        if name is None:
+            continue
         preamble, script_vars, exports, serve_lines = [], [], [], []
         for n in range(first, last + 1):
             stripped = lines[n].strip()
