@@ -85,7 +85,8 @@ class PlainOutput(Output):
                 else:
                     self.message(f"{stamp} phase {rec['phase']}: {rec['status']}")
             else:
-                line = f"{stamp}   {rec['host']}: {rec['status']:<11} {rec['task']}"
+                width = max(map(len, self.tracker.hosts), default=0) + 1
+                line = f"{stamp}   {rec['host'] + ':':<{width}} {rec['status']:<11} {rec['task']}"
                 if rec["status"] in ("failed", "unreachable"):
                     line += "\n" + "\n".join("      " + m for m in rec.get("message", "").splitlines())
                 self.message(line)
