@@ -118,6 +118,25 @@ def apply_serve_changes(serve: list[list[Any]], set_: dict[str, Any], unset: lis
     return [pair for pair in out if pair[0] not in set(unset)]
 
 
+def container_settings(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's ``container`` block: is its tutorial's ``docker run`` privileged, and why.
+
+    Privileged mode is on only where the recipe's tutorial asks for it; ``reason`` (the
+    tutorial's line) is then required, and the run prints it with the variable that turns
+    it off (serve_privileged)."""
+    block = recipe.get("container") or {}
+    where = f"recipe {recipe.get('id', '?')}: container"
+    if not isinstance(block, dict) or set(block) - {"privileged", "reason"}:
+        raise RecipeError(f"{where}: expected a mapping with privileged (true/false) and reason")
+    privileged = block.get("privileged", False)
+    reason = block.get("reason") or ""
+    if not isinstance(privileged, bool) or not isinstance(reason, str):
+        raise RecipeError(f"{where}: privileged must be true or false, reason a text")
+    if privileged and not reason.strip():
+        raise RecipeError(f"{where}: privileged is true without a reason (name the tutorial line that asks for it)")
+    return {"privileged": privileged, "reason": reason.strip()}
+
+
 def flag_is_switch(flag: str) -> bool:
     """Flags written without a value (``--enforce-eager``); a guess refined by the flag table."""
     from .serveflags import FlagSpec  # local import: serveflags is optional for recipe loading

@@ -7,7 +7,8 @@ than vLLM where vLLM is silently lenient:
 
 - an abbreviated flag is refused (vLLM accepts unique prefixes);
 - a repeated flag is refused (vLLM silently keeps the last value);
-- invalid JSON in a ``*-config`` flag is refused (vLLM keeps it as a plain string).
+- invalid JSON in a ``*-config`` flag is refused (vLLM refuses a ``{...}`` block that is not
+  JSON, but keeps any other text as a plain string: the config is silently lost).
 
 Used by the validate phase (the rendered commands are checked before any host is
 touched), by the tests, and by the lab's engine stand-in.

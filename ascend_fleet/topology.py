@@ -23,7 +23,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from .recipes import DEFAULT_RECIPE, RecipeError, apply_serve_changes, load_recipe
+from .recipes import DEFAULT_RECIPE, RecipeError, apply_serve_changes, container_settings, load_recipe
 from .serveflags import FlagSpec, ServeFlagError, parse_serve_argv
 from .shellenv import ShellEnvError
 from .shellenv import for_kind as shell_env_for_kind
@@ -450,6 +450,16 @@ def _build_plan(
         return plan
     spec = flag_spec or FlagSpec.load(recipe.get("vllm_version", "0.21.0"))
     plan["recipe"] = recipe["id"]
+    try:
+        plan["container"] = container_settings(recipe)
+    except RecipeError as exc:
+        rep.error(f"fleet_recipe: {exc}")
+        plan["container"] = {"privileged": False, "reason": ""}
+    if plan["container"]["privileged"]:
+        rep.warn(
+            f"recipe {recipe['id']}: the engine containers run privileged (docker run --privileged=true): "
+            f"{plan['container']['reason']}; set serve_privileged: false to run them without"
+        )
     plan["topology"] = var(any_host, "fleet_topology", "") if any_host else ""
     plan["pd"] = pd
 

@@ -119,7 +119,27 @@ def check(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
             continue
         given[dest] = value
     model = given.pop("model_tag", None)
-    return {"ok": True, "model": model, "values": json.loads(json.dumps(given, default=str))}
+    return {"ok": True, "model": model, "values": {k: _normal(v) for k, v in given.items()}}
+
+
+def _normal(value):
+    """A parsed value as JSON data: enums by name, config objects as their fields."""
+    import dataclasses
+    import enum
+
+    if isinstance(value, enum.Enum):
+        return value.name
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"__config__": {f.name: _normal(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if hasattr(value, "model_dump"):
+        return {"__config__": {k: _normal(v) for k, v in value.model_dump().items()}}
+    if isinstance(value, dict):
+        return {str(k): _normal(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_normal(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
 
 
 def _given(argv: list[str], parser: argparse.ArgumentParser, dest: str) -> bool:
