@@ -328,3 +328,26 @@ def test_a_malformed_container_block_is_refused(tmp_path, container, message):
     rid = _recipe_copy(tmp_path, "test-bad-container@v0.23.0", container)
     plan = plan_with("a3-single", host_vars={"node-0": {"fleet_recipe": rid, "fleet_recipe_paths": [str(tmp_path)]}})
     assert any(message in e and "container" in e for e in plan["errors"]), plan["errors"]
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        ("0.21.0", "vllm serve: error: unrecognized arguments: --spec-tokens"),  # vLLM 0.21.0 has no such flag
+        ("0.23.0", "--max-model-len: invalid"),  # 0.23.0 has it: the next flag is the first error
+    ],
+)
+def test_engine_standin_checks_flags_of_the_version_it_impersonates(tmp_path, version, message):
+    """lab/engine/build writes VERSION beside the stand-in; its flag table decides."""
+    standin = tmp_path / "lab" / "engine" / "standin"
+    standin.mkdir(parents=True)
+    (standin / "vllm.py").write_text((REPO / "lab" / "engine" / "standin" / "vllm.py").read_text())
+    (standin / "VERSION").write_text(version + "\n")
+    (tmp_path / "ascend_fleet").symlink_to(REPO / "ascend_fleet")
+    run = lambda *a: subprocess.run(  # noqa: E731  (local helper)
+        ["python3", str(standin / "vllm.py"), *a], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run("--version").stdout.strip() == version
+    proc = run("serve", "/m", "--spec-tokens", "1", "--max-model-len", "lots")
+    assert proc.returncode == 2
+    assert message in proc.stderr
