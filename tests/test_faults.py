@@ -7,7 +7,10 @@ produced (the code): test_table_matches_the_suite fails when the text drifts.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,3 +156,35 @@ def test_watch_spec_single_node_instance_has_no_peers(rendered):
     spec = watch_spec(plan, "decode-0", "vllm-ascend")
     assert spec["peers"] == []
     assert len(spec["ranks"]) == 16
+
+
+def test_weights_lock_wait_is_bounded_with_progress_and_names_the_holder(tmp_path):
+    """weights_tool ensure waits a bounded time for the weights lock another download
+    holds, printing progress, then names the holder; lock-status says the same at once."""
+    tool = str(REPO / "roles" / "weights" / "files" / "weights_tool.py")
+    lock = tmp_path / "weights.lock"
+    common = ["--dir", str(tmp_path / "model"), "--endpoint", "http://127.0.0.1:9", "--model", "o/m",
+              "--lock", str(lock)]
+    holder = subprocess.Popen([sys.executable, tool, "ensure", *common, "--", sys.executable, "-c", "input()"],
+                              stdin=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):  # until the holder has written its record
+            status = subprocess.run([sys.executable, tool, "lock-status", "--lock", str(lock)],
+                                    capture_output=True, text=True)
+            if status.returncode == 1 and "pid" in status.stdout:
+                break
+            subprocess.run(["sleep", "0.1"], check=True)
+        assert status.returncode == 1, status.stdout
+        assert f"is held by pid {holder.pid} on " in json.loads(status.stdout)["error"]
+        waited = subprocess.run([sys.executable, tool, "ensure", *common, "--lock-wait", "1", "--", "true"],
+                                capture_output=True, text=True)
+    finally:
+        holder.communicate("\n", timeout=120)
+    info = json.loads(waited.stdout)
+    assert waited.returncode == 6 and info["status"] == "lock-timeout"
+    assert f"is held by pid {holder.pid} on " in info["error"] and "(download of o/m)" in info["error"]
+    assert "still held after 1 s (weights_lock_wait_s)" in info["error"]
+    assert f"waiting: weights lock {lock} is held by pid {holder.pid}" in waited.stderr
+    # Free again: lock-status says so.
+    free = subprocess.run([sys.executable, tool, "lock-status", "--lock", str(lock)], capture_output=True, text=True)
+    assert free.returncode == 0 and json.loads(free.stdout)["status"] == "free"
