@@ -51,7 +51,10 @@ class Output:
 
 def summary_lines(report: dict, run_dir: str) -> list[str]:
     lines = []
-    for note in report.get("notes", [])[-5:]:
+    notes = report.get("notes", [])
+    # what the last phase that printed anything said (the verified answer, the status table)
+    last = [n for n in notes if n["phase"] == notes[-1]["phase"]] if notes else []
+    for note in last[-8:]:
         lines.append(f"{note['host']} [{note['phase']}]: {note['message']}")
     for fail in report.get("failures", []):
         kind = "UNREACHABLE" if fail.get("unreachable") else "FAILED"
