@@ -1,0 +1,169 @@
+"""One host's status: its containers, every rank's /health, the proxy's /healthcheck and the
+listening ports, read in one call on the node (module fleet_status_probe), and the same record
+for a host that cannot be reached (filter fleet_status_unreachable, on the controller).
+
+Standard library only. ``host_status`` is pure (unit-tested); ``probe`` does the reading.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+# No proxy from the environment: the ranks are on the node's own addresses.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _run(cmd, timeout=60):
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 127, "", str(exc)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def container_state(name, inspect):
+    """A container's record from `docker container inspect` ({rc, out, err}), or None when the
+    host could not be reached."""
+    if inspect is None:
+        return {"name": name, "state": "unknown", "status": "host unreachable", "image": None}
+    if inspect["rc"] != 0:
+        err = (inspect.get("err") or "").strip()
+        if "no such container" in err.lower() or "no such object" in err.lower():
+            return {"name": name, "state": "absent", "status": "absent", "image": None}
+        return {"name": name, "state": "unknown", "status": "docker: " + (err[:200] or "no answer"), "image": None}
+    try:
+        info = json.loads(inspect["out"])[0]
+        st = info["State"]
+    except (ValueError, LookupError, TypeError):
+        return {"name": name, "state": "unknown", "status": "docker: unreadable inspect output", "image": None}
+    if st.get("Running"):
+        state = "running"
+    elif st.get("Paused"):
+        state = "paused"
+    elif st.get("Restarting"):
+        state = "restarting"
+    else:
+        state = "stopped"
+    status = st.get("Status", "") + ("" if st.get("Running") else f" (exit code {st.get('ExitCode')})")
+    return {
+        "name": name,
+        "state": state,
+        "status": status,
+        "image": (info.get("Config") or {}).get("Image"),
+        "started_at": st.get("StartedAt"),
+        "finished_at": st.get("FinishedAt"),
+    }
+
+
+def listening_ports(ss_out):
+    """Local ports of `ss -H -t -l -n` lines (sorted, unique)."""
+    ports = set()
+    for line in ss_out.splitlines():
+        fields = line.split()
+        if len(fields) > 3:
+            match = re.search(r":(\d+)$", fields[3])
+            if match:
+                ports.add(int(match.group(1)))
+    return sorted(ports)
+
+
+def rank_urls(job):
+    """(health URLs, models URLs) of the host's ranks."""
+    bases = [f"http://{job['node_ip']}:{rank['api_port']}" for rank in job.get("ranks") or []]
+    return [b + "/health" for b in bases], [b + "/v1/models" for b in bases]
+
+
+def host_status(job, reachable, error=None, inspects=None, codes=None, ss_out=None):
+    """The host's status record (the shape status.yml reports, per host).
+
+    job: host, role, instance, node_ip, engine_container (None: runs no engine),
+    proxy_container (None: runs no proxy), ranks [{dp_rank, api_port, devices}], proxy_url,
+    planned_ports, api_key_set. inspects: container name -> {rc, out, err}; codes: URL ->
+    HTTP status (-1 no answer); ss_out: output of ss, or None when it failed.
+    """
+    inspects = inspects or {}
+    codes = codes or {}
+    key_set = bool(job.get("api_key_set"))
+
+    def container(name):
+        if not name:
+            return None
+        return container_state(name, inspects.get(name) if reachable else None)
+
+    proxy_health = None
+    if job.get("proxy_container"):
+        url = job.get("proxy_url")
+        proxy_health = {
+            "url": url,
+            "healthy": (codes.get(url, -1) == 200) if reachable else None,
+            "http_status": codes.get(url) if reachable else None,
+        }
+    ranks = []
+    for rank in job.get("ranks") or []:
+        base = f"http://{job['node_ip']}:{rank['api_port']}"
+        url, models = base + "/health", base + "/v1/models"
+        ranks.append({
+            "dp_rank": rank.get("dp_rank"),
+            "api_port": rank["api_port"],
+            "devices": rank.get("devices"),
+            "url": url,
+            "healthy": (codes.get(url, -1) == 200) if reachable else None,
+            "http_status": codes.get(url) if reachable else None,
+            "api_key_accepted": (codes.get(models, -1) == 200) if reachable and key_set else None,
+        })
+    planned = list(job.get("planned_ports") or [])
+    listening = listening_ports(ss_out) if reachable and ss_out is not None else None
+    return {
+        "host": job["host"],
+        "reachable": bool(reachable),
+        "error": None if reachable else (error or "unreachable"),
+        "role": job.get("role") or "proxy",
+        "instance": job.get("instance"),
+        "node_ip": job.get("node_ip"),
+        "engine": container(job.get("engine_container")),
+        "proxy": container(job.get("proxy_container")),
+        "proxy_health": proxy_health,
+        "ranks": ranks,
+        "ports": {
+            "planned": planned,
+            "listening": [p for p in planned if p in listening] if listening is not None else None,
+            "missing": [p for p in planned if p not in listening] if listening is not None else None,
+        },
+    }
+
+
+def http_status(url, timeout, key):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        with _OPENER.open(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except (urllib.error.URLError, OSError, ValueError):
+        return -1
+
+
+def probe(job, api_key="", timeout=10.0):
+    """Read everything host_status needs, at once, and return the record."""
+    health, models = rank_urls(job)
+    urls = health + (models if api_key else [])
+    if job.get("proxy_container") and job.get("proxy_url"):
+        urls.append(job["proxy_url"])
+    names = [n for n in (job.get("engine_container"), job.get("proxy_container")) if n]
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(urls) + len(names) + 1))) as pool:
+        code_futures = {url: pool.submit(http_status, url, timeout, api_key) for url in urls}
+        inspect_futures = {n: pool.submit(_run, ["docker", "container", "inspect", n]) for n in names}
+        ss_future = pool.submit(_run, ["ss", "-H", "-t", "-l", "-n"])
+    inspects = {}
+    for name, fut in inspect_futures.items():
+        rc, out, err = fut.result()
+        inspects[name] = {"rc": rc, "out": out, "err": err}
+    rc, ss_out, _ = ss_future.result()
+    codes = {url: fut.result() for url, fut in code_futures.items()}
+    return host_status({**job, "api_key_set": bool(api_key)}, True, None, inspects, codes,
+                       ss_out if rc == 0 else None)
