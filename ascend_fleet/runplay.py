@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -117,6 +118,27 @@ def check_extra_vars(items: list[str], base: Path) -> list[str]:
                 raise BadInput(f"{where}: {name!r} is not a variable name (expected NAME=VALUE)")
             names.append(name)
     return names
+
+
+def extra_var_files(items: list[str], directory: Path) -> list[str]:
+    """The -e arguments to hand to ansible-playbook: each inline value written to a private
+    file (0600) and passed as @FILE, so no value (a key, a token) lands in the command line
+    that ansible-runner records (artifacts/ansible/command) or in a process listing. Parsed as
+    ansible-playbook parses -e: a JSON/YAML mapping, or NAME=VALUE words (strings)."""
+    from ansible.parsing.splitter import parse_kv
+
+    args = []
+    for i, item in enumerate(items, 1):
+        if item.startswith("@"):
+            args.append(item)
+            continue
+        data = yaml.safe_load(item) if item.lstrip().startswith(("{", "[")) else parse_kv(item)
+        path = directory / f"extra-vars-{i}.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+        args.append(f"@{path}")
+    return args
 
 
 def new_run_dir(runs: Path, verb: str, name: str) -> Path:
@@ -255,6 +277,7 @@ def execute(job: Job) -> int:
         "run_dir": str(run_dir),
     }
     code = 1
+    secret_dir: Path | None = None
     try:
         if job.lab and job.lab_up:
             t0 = time.monotonic()
@@ -276,7 +299,10 @@ def execute(job: Job) -> int:
                 return 1
         inventories = [*prep["inventories"], *([prep["overlay"]] if prep["overlay"] else [])]
         meta["inventories"] = [_shown(p, root) for p in inventories]
-        cmdline = (["--check"] if job.check else []) + [a for e in job.extra_vars for a in ("-e", e)]
+        secret_dir = Path(tempfile.mkdtemp(prefix="ascend-fleet-evars."))  # 0700, removed below
+        cmdline = (["--check"] if job.check else []) + [
+            a for e in extra_var_files(job.extra_vars, secret_dir) for a in ("-e", e)
+        ]
 
         def on_event(event: dict) -> bool:
             output.records(tracker.feed(event))
@@ -303,6 +329,8 @@ def execute(job: Job) -> int:
         report = tracker.report(**meta, rc=None, status="interrupted", exit_code=code)
     finally:
         output.stop()
+        if secret_dir is not None:
+            shutil.rmtree(secret_dir, ignore_errors=True)
     write_report(run_dir, report)
     output.summary(report, str(run_dir))
     return code

@@ -312,9 +312,41 @@ def refused_run(tmp_path_factory):
     assert "eth0;reboot" in text
     inventory = tmp / "bad-nic.yml"
     inventory.write_text(text)
-    proc = cli("up", str(inventory), "--json", "--runs-dir", str(tmp / "runs"))
+    proc = cli("up", str(inventory), "--json", "--runs-dir", str(tmp / "runs"),
+               "-e", f"fleet_api_key={API_KEY}", "-e", json.dumps({"weights_token": HUB_TOKEN}))
     [run_dir] = (tmp / "runs").iterdir()
     return proc, run_dir
+
+
+API_KEY = "sk-run-record-0a1b2c3d"
+HUB_TOKEN = "ms-token-9f8e7d6c"
+
+
+def test_no_extra_var_value_is_kept_in_the_run_record(refused_run):
+    """-e values reach ansible-playbook as private @files, removed after the run: neither the
+    command line ansible-runner records nor any other file of the record holds them."""
+    proc, run_dir = refused_run
+    assert proc.returncode == 2
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            text = path.read_bytes()
+            assert API_KEY.encode() not in text and HUB_TOKEN.encode() not in text, path
+    command = json.loads((run_dir / "artifacts" / "ansible" / "command").read_text())["command"]
+    files = [arg[1:] for arg in command if arg.startswith("@")]
+    assert len(files) == 2 and all("extra-vars-" in f for f in files)
+    assert not any(Path(f).exists() for f in files), "the private -e files are removed after the run"
+    assert API_KEY not in proc.stdout + proc.stderr
+
+
+def test_extra_var_files_parse_as_ansible_playbook_does(tmp_path):
+    from ascend_fleet.runplay import extra_var_files
+
+    args = extra_var_files(["a=1 b='two words'", '{"n": 3, "flag": false}', "@given.yml"], tmp_path)
+    assert args[2] == "@given.yml"
+    first, second = (json.loads(Path(a[1:]).read_text()) for a in args[:2])
+    assert first == {"a": "1", "b": "two words"}  # NAME=VALUE: strings, as ansible-playbook reads them
+    assert second == {"n": 3, "flag": False}
+    assert all(oct(Path(a[1:]).stat().st_mode & 0o777) == "0o600" for a in args[:2])
 
 
 def test_refused_inventory_is_exit_2_with_json_lines_and_a_report(refused_run):
