@@ -73,13 +73,14 @@ def load_recipe(recipe_id: str = DEFAULT_RECIPE, extra_paths: list[str] | None =
     data = _read_yaml(files[recipe_id])
     data["_file"] = str(files[recipe_id])
     profiles = {}
+    version = str(data.get("vllm_version", "0.21.0"))
     for name in data.get("profiles", {}):
-        profiles[name] = _resolve_profile(data["profiles"], name, [])
+        profiles[name] = _resolve_profile(data["profiles"], name, [], version)
     data["profiles"] = profiles
     return data
 
 
-def _resolve_profile(raw: dict[str, Any], name: str, chain: list[str]) -> dict[str, Any]:
+def _resolve_profile(raw: dict[str, Any], name: str, chain: list[str], version: str = "0.21.0") -> dict[str, Any]:
     if name in chain:
         raise RecipeError(f"profile {name!r}: extends loop {' -> '.join([*chain, name])}")
     if name not in raw:
@@ -87,11 +88,11 @@ def _resolve_profile(raw: dict[str, Any], name: str, chain: list[str]) -> dict[s
     own = copy.deepcopy(raw[name])
     base: dict[str, Any] = {}
     if "extends" in own:
-        base = _resolve_profile(raw, own.pop("extends"), [*chain, name])
+        base = _resolve_profile(raw, own.pop("extends"), [*chain, name], version)
     merged = {**base, **{k: v for k, v in own.items() if k not in ("serve_set", "serve_unset")}}
     merged["env"] = _flatten_pairs(own.get("env", base.get("env", [])))
     serve = _flatten_pairs(own.get("serve", base.get("serve", [])))
-    merged["serve"] = apply_serve_changes(serve, own.get("serve_set") or {}, own.get("serve_unset") or [])
+    merged["serve"] = apply_serve_changes(serve, own.get("serve_set") or {}, own.get("serve_unset") or [], version)
     merged.setdefault("preamble", [])
     merged.setdefault("script_vars", False)
     merged["name"] = name
@@ -101,7 +102,9 @@ def _resolve_profile(raw: dict[str, Any], name: str, chain: list[str]) -> dict[s
     return merged
 
 
-def apply_serve_changes(serve: list[list[Any]], set_: dict[str, Any], unset: list[str]) -> list[list[Any]]:
+def apply_serve_changes(
+    serve: list[list[Any]], set_: dict[str, Any], unset: list[str], version: str = "0.21.0"
+) -> list[list[Any]]:
     """Replace flags in place (append new ones); ``None`` as a value or ``unset`` removes."""
     out = [list(pair) for pair in serve]
     for flag, value in set_.items():
@@ -110,7 +113,7 @@ def apply_serve_changes(serve: list[list[Any]], set_: dict[str, Any], unset: lis
             if idx is not None:
                 out.pop(idx)
             continue
-        pair = [flag] if value is True and flag_is_switch(flag) else [flag, value]
+        pair = [flag] if value is True and flag_is_switch(flag, version) else [flag, value]
         if idx is None:
             out.append(pair)
         else:
@@ -137,9 +140,9 @@ def container_settings(recipe: dict[str, Any]) -> dict[str, Any]:
     return {"privileged": privileged, "reason": reason.strip()}
 
 
-def flag_is_switch(flag: str) -> bool:
+def flag_is_switch(flag: str, version: str = "0.21.0") -> bool:
     """Flags written without a value (``--enforce-eager``); a guess refined by the flag table."""
     from .serveflags import FlagSpec  # local import: serveflags is optional for recipe loading
 
-    found = FlagSpec.load().lookup(flag)
+    found = FlagSpec.load(version).lookup(flag)
     return bool(found and found[0].nargs == 0)

@@ -825,7 +825,7 @@ def _build_plan(
             }
         overrides = var(host, "fleet_serve_overrides", {})
         _check_owned_flags(host, overrides, spec, rep)
-        serve = apply_serve_changes(profile["serve"], overrides, [])
+        serve = apply_serve_changes(profile["serve"], overrides, [], spec.version)
         markers = {
             "@tp_size@": tp,
             "@dp_size@": inst["dp_size"],

@@ -351,3 +351,12 @@ def test_engine_standin_checks_flags_of_the_version_it_impersonates(tmp_path, ve
     proc = run("serve", "/m", "--spec-tokens", "1", "--max-model-len", "lots")
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+def test_overrides_are_read_with_the_recipes_table():
+    """A switch only vLLM 0.23.0 has, set to true by an override, renders as a bare switch."""
+    hv = {"fleet_recipe": RECIPE, "fleet_serve_overrides": {"--use-fp64-gumbel": True}}
+    plan = plan_with("a3-single", host_vars={"node-0": hv})
+    assert plan["errors"] == []
+    hv["fleet_recipe"] = "dsv4-flash-w8a8-mtp@v0.21.0rc1"  # 0.21.0 has no such flag
+    assert any("--use-fp64-gumbel" in e for e in plan_with("a3-single", host_vars={"node-0": hv})["errors"])
