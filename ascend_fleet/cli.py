@@ -6,6 +6,10 @@ ascend-fleet status|stop|restart|destroy|logs|eval INVENTORY [--lab] [-e ...]
     The operations and evaluation playbooks.
 ascend-fleet lab up|down|status TOPOLOGY
     The lab (lab/labctl).
+ascend-fleet inventory NODES.txt --name NAME --kind a2|a3 --layout single|pd [--prefill 16x1 --decode 2x8]
+                       [--context 1m] [--nic NAME] [-o FILE]
+    Write an inventory for real nodes (one 'ADDRESS [NAME]' a line), validated as site.yml
+    validates it. Exit 2 on bad input, nothing written.
 ascend-fleet plan INVENTORY.yml [MORE.yml ...] [--deploy] [--json]
     Validate the inventory and print the plan table (or JSON). Exit 1 on errors.
 ascend-fleet check-serve [--vllm-version 0.21.0] -- MODEL --flag value ...
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -88,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="the lab: a simulated Atlas cluster (lab/labctl)")
     lab.add_argument("action", choices=["up", "down", "status"])
     lab.add_argument("topology", help="shipped topology name")
+    g = sub.add_parser("inventory", help="write an inventory for real nodes from their addresses and a layout")
+    g.add_argument("nodes", help="file with one node a line: ADDRESS [NAME] ('-' reads standard input)")
+    g.add_argument("--name", required=True, help="the topology's name (fleet_topology), e.g. a2-16p2d")
+    g.add_argument("--kind", required=True, help="a2 (Atlas 800 A2, 8 NPUs) or a3 (Atlas 800 A3, 16 NPUs)")
+    g.add_argument("--layout", required=True, help="single (one node) or pd (prefill/decode)")
+    g.add_argument("--prefill", help="pd: prefill INSTANCESxNODES, e.g. 16x1")
+    g.add_argument("--decode", help="pd: decode INSTANCESxNODES, e.g. 2x8")
+    g.add_argument("--context", default="default", help="default, or 1m (the ultra-long-context profiles)")
+    g.add_argument("--nic", default="enp67s0f0np0", help="the NIC that carries the node addresses (fleet_nic_name)")
+    g.add_argument("-o", "--output", type=Path, help="write here (default: print)")
     p = sub.add_parser("plan", help="validate an inventory and show its plan")
     p.add_argument("inventory", nargs="+", help="YAML inventory files (later ones override)")
     p.add_argument("--deploy", action="store_true", help="validate for deployment (refuse placeholders)")
@@ -133,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0 if run_labctl(root, [args.action, args.topology]) == 0 else 1
 
+    if args.cmd == "inventory":
+        return write_inventory(args, argv)
+
     if args.cmd == "plan":
         hosts, groups = load_yaml_inventory(*args.inventory)
         plan = build_plan(hosts, groups, mode="deploy" if args.deploy else "render")
@@ -149,6 +167,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
     print(f"ok: model {cmd.model}, {len(cmd.given)} flags")
+    return 0
+
+
+def write_inventory(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from . import inventory_gen as gen
+
+    try:
+        if args.nodes == "-":
+            text, source = sys.stdin.read(), "stdin"
+        else:
+            try:
+                text, source = Path(args.nodes).read_text(encoding="utf-8"), args.nodes
+            except (OSError, UnicodeDecodeError) as exc:
+                raise gen.InventoryInputError(f"{args.nodes}: cannot read the nodes file ({exc})") from None
+        inventory = gen.generate(gen.parse_nodes(text, source), name=args.name, kind=args.kind, layout=args.layout,
+                                 prefill=args.prefill, decode=args.decode, nic=args.nic, context=args.context)
+        plan = gen.validate(inventory, mode="deploy")
+    except gen.InventoryInputError as exc:
+        print(f"ascend-fleet inventory: {exc}", file=sys.stderr)
+        return 2
+    words = ["ascend-fleet", *(sys.argv[1:] if argv is None else argv)]
+    command = "".join(ch if ch.isprintable() else "?" for ch in shlex.join(words))  # one comment line
+    text = gen.render(inventory, plan, command)
+    if args.output:
+        gen.write(args.output, text)
+        print(f"wrote {args.output}: {len(plan['instances'])} instance(s) on {len(plan['hosts'])} node(s); "
+              f"next: ascend-fleet plan --deploy {args.output}")
+    else:
+        sys.stdout.write(text)
+    for warning in plan["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -96,3 +96,32 @@ def test_what_the_plan_refuses_is_reported_not_written():
         validate(inv, mode="deploy")
     assert "the generated inventory does not validate" in str(err.value)
     assert "ansible_host = '198.51.100.10' is a documentation placeholder" in str(err.value)
+
+
+def test_the_command_writes_a_validated_inventory_and_refuses_bad_input(tmp_path, capsys):
+    from ascend_fleet.cli import main
+
+    nodes = tmp_path / "nodes.txt"
+    nodes.write_text("# prefill first\n198.18.0.1\n198.18.0.2 dec-a\n198.18.0.3\n")
+    out = tmp_path / "fleet" / "hosts.yml"
+    argv = ["inventory", str(nodes), "--name", "t1", "--kind", "a2", "--layout", "pd",
+            "--prefill", "1x1", "--decode", "1x2", "-o", str(out)]
+    assert main(argv) == 0
+    assert "2 instance(s) on 3 node(s)" in capsys.readouterr().out
+    hostvars, groups = load_yaml_inventory(out)
+    assert groups["decode"] == ["dec-a", "decode-1"] and hostvars["dec-a"]["fleet_instance"] == "dec-a"
+    assert build_plan(hostvars, groups, mode="deploy")["errors"] == []
+
+    # a newline in an argument cannot add a line to the file (the command is one comment line)
+    odd = tmp_path / "odd\nall: {}"
+    odd.write_text("198.18.0.9\n")
+    assert main(["inventory", str(odd), "--name", "x", "--kind", "a3", "--layout", "single", "-o", str(out)]) == 0
+    single = yaml.safe_load(out.read_text())["all"]["children"]["single"]
+    assert single["hosts"] == {"node-0": {"ansible_host": "198.18.0.9"}}
+
+    bad = tmp_path / "bad" / "hosts.yml"
+    assert main([*argv[:10], "--decode", "1x1", "-o", str(bad)]) == 2
+    assert "needs 1*1 + 1*1 = 2 nodes; the nodes file gives 3" in capsys.readouterr().err
+    assert not bad.exists()
+    assert main(["inventory", str(tmp_path / "missing.txt"), "--name", "x", "--kind", "a2", "--layout", "single"]) == 2
+    assert "cannot read the nodes file" in capsys.readouterr().err
