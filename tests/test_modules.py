@@ -86,3 +86,36 @@ def test_the_facts_script_is_the_shared_module_utils_and_runs_alone(tmp_path):
     assert facts["present"] is Path("/usr/local/Ascend/driver/tools/hccn_tool").exists()
     assert isinstance(facts["devices"], list)
     assert facts["problems"], "on a machine without NPUs the facts name what is missing"
+
+
+def test_collect_writes_the_manifest_and_the_tarball_and_records_what_failed(tmp_path):
+    """fleet_collect_node's logic on this machine: no NPU tools here, so their commands are
+    recorded as not run, and the collection still completes."""
+    import tarfile
+
+    from ansible_collections.ascend.fleet.plugins.module_utils.fleet_collect import collect
+
+    files = tmp_path / "etc-fleet"
+    (files / "prefill-0").mkdir(parents=True)
+    (files / "prefill-0" / "launch.sh").write_text("vllm serve ...\n")
+    ascend = tmp_path / "ascend"
+    (ascend / "log" / "debug" / "plog").mkdir(parents=True)
+    (ascend / "log" / "debug" / "plog" / "plog-1.log").write_text("[ERROR] HCCL ...\n")
+    req = {"containers": [], "files_dir": str(files), "ascend_log_dir": str(ascend), "log_tail": "50",
+           "timeout": 20, "npu_smi": str(tmp_path / "no-npu-smi"), "hccn_tool": str(tmp_path / "no-hccn_tool"),
+           "devices": 2, "hccn_queries": [["-link", "-g"], ["-net_health", "-g"]]}
+    out, archive = tmp_path / "out", tmp_path / "collect.tar.gz"
+    out.mkdir()
+    result = collect(req, str(out), str(archive))
+    assert result["commands"] == 1 + 1 + 2 * 2  # docker ps, npu-smi, 2 queries on 2 devices
+    assert result["failed"] >= 5  # the NPU tools do not exist here
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["files"] == ["prefill-0/launch.sh"]
+    assert manifest["ascend_logs"]["entries"] == ["log"]
+    assert {c["rc"] for c in manifest["commands"] if c["command"][0].startswith(str(tmp_path))} == {"not run"}
+    device1 = (out / "hccn" / "device-1.txt").read_text()
+    assert "-i 1 -link -g  (exit not run)" in device1 and "cannot run" in device1
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "manifest.json" in names and "files/prefill-0/launch.sh" in names
+    assert "ascend/log/debug/plog/plog-1.log" in names

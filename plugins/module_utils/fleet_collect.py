@@ -1,12 +1,7 @@
-#!/usr/bin/env python3
-"""Collect one node's diagnostics into a directory (read-only towards the service).
+"""Collect one node's diagnostics into a directory and a tarball (read-only towards the
+service); the logic of the module fleet_collect_node.
 
-  collect_node.py --out DIR --archive FILE --request JSON
-
-JSON: {"containers": [names], "files_dir": path, "log_tail": "all"|N, "timeout": s,
-       "npu_smi": path, "hccn_tool": path, "devices": N, "hccn_queries": [[args], ...]}
-
-Writes into DIR:
+Writes into OUT:
   containers.txt                  docker ps -a (every container of the node)
   docker/<name>.log               docker logs --timestamps (stdout and stderr)
   docker/<name>.state.json        state, exit code, times, image, labels (no environment)
@@ -17,11 +12,12 @@ Writes into DIR:
 and from "ascend_log_dir" (the host directory that is the engine's ~/ascend), when given:
   ascend/log/, ascend/log.<time>/ CANN/HCCL logs (plog) of this start and the kept earlier
                                   ones (added to the tarball straight from the node's disk)
-then packs DIR's content into the gzipped tarball FILE (one file to fetch). A container
+then packs OUT's content into the gzipped tarball ARCHIVE (one file to fetch). A container
 or directory that is absent is recorded as such; nothing fails the run.
 """
 
-import argparse
+from __future__ import annotations
+
 import json
 import os
 import shutil
@@ -74,20 +70,16 @@ def container_state(name):
     }
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--archive", required=True)
-    parser.add_argument("--request", required=True)
-    a = parser.parse_args()
-    req = json.loads(a.request)
+def collect(req, out_dir, archive):
+    """Collect into the directory out_dir, pack it into the gzipped tarball archive; return the
+    result (containers' states, commands run, how many failed)."""
     timeout = req.get("timeout", 60)
     manifest = []
     summary = {"containers": {}, "files_dir": req["files_dir"], "files": [], "devices": req.get("devices", 0)}
 
     run(
         ["docker", "ps", "-a", "--no-trunc", "--format", "{{.Names}}\t{{.Image}}\t{{.Status}}"],
-        a.out,
+        out_dir,
         "containers.txt",
         timeout,
         manifest,
@@ -95,7 +87,7 @@ def main():
     for name in req["containers"]:
         state = container_state(name)
         summary["containers"][name] = state["state"]
-        docker_dir = os.path.join(a.out, "docker")
+        docker_dir = os.path.join(out_dir, "docker")
         os.makedirs(docker_dir, exist_ok=True)
         with open(os.path.join(docker_dir, f"{name}.state.json"), "w", encoding="utf-8") as fh:
             json.dump(state, fh, indent=2, sort_keys=True)
@@ -103,7 +95,7 @@ def main():
         if state["state"] != "absent":
             run(
                 ["docker", "logs", "--timestamps", "--tail", str(req.get("log_tail", "all")), name],
-                a.out,
+                out_dir,
                 f"docker/{name}.log",
                 timeout,
                 manifest,
@@ -111,30 +103,30 @@ def main():
 
     files_dir = req["files_dir"]
     if os.path.isdir(files_dir):
-        shutil.copytree(files_dir, os.path.join(a.out, "files"), symlinks=True)
+        shutil.copytree(files_dir, os.path.join(out_dir, "files"), symlinks=True)
         summary["files"] = sorted(
             os.path.relpath(os.path.join(root, f), files_dir) for root, _, names in os.walk(files_dir) for f in names
         )
     else:
         summary["files"] = None
 
-    run([req["npu_smi"], "info"], a.out, "npu-smi-info.txt", timeout, manifest)
+    run([req["npu_smi"], "info"], out_dir, "npu-smi-info.txt", timeout, manifest)
 
     for device in range(int(req.get("devices", 0))):
         rel = f"hccn/device-{device}.txt"
-        path = os.path.join(a.out, rel)
+        path = os.path.join(out_dir, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8"):
             pass
         for query in req["hccn_queries"]:
             argv = [req["hccn_tool"], "-i", str(device), *query]
             part = path + ".part"
-            run(argv, a.out, rel + ".part", timeout, manifest)
+            run(argv, out_dir, rel + ".part", timeout, manifest)
             manifest[-1]["output"] = rel
-            with open(path, "ab") as out, open(part, "rb") as src:
-                out.write(f"$ {' '.join(argv)}  (exit {manifest[-1]['rc']})\n".encode())
-                out.write(src.read())
-                out.write(b"\n")
+            with open(path, "ab") as merged, open(part, "rb") as src:
+                merged.write(f"$ {' '.join(argv)}  (exit {manifest[-1]['rc']})\n".encode())
+                merged.write(src.read())
+                merged.write(b"\n")
             os.remove(part)
 
     ascend_dir = req.get("ascend_log_dir") or ""
@@ -144,24 +136,17 @@ def main():
     summary["ascend_logs"] = {"dir": ascend_dir or None, "entries": logs}
 
     summary["commands"] = manifest
-    with open(os.path.join(a.out, "manifest.json"), "w", encoding="utf-8") as fh:
+    with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2, sort_keys=True)
         fh.write("\n")
-    with tarfile.open(a.archive, "w:gz") as tar:
-        for entry in sorted(os.listdir(a.out)):
-            tar.add(os.path.join(a.out, entry), arcname=entry)
+    with tarfile.open(archive, "w:gz") as tar:
+        for entry in sorted(os.listdir(out_dir)):
+            tar.add(os.path.join(out_dir, entry), arcname=entry)
         for entry in logs:
             tar.add(os.path.join(ascend_dir, entry), arcname=f"ascend/{entry}")
-    print(
-        json.dumps(
-            {
-                "containers": summary["containers"],
-                "commands": len(manifest),
-                "failed": sum(1 for m in manifest if m["rc"] != 0),
-            }
-        )
-    )
+    return {
+        "containers": summary["containers"],
+        "commands": len(manifest),
+        "failed": sum(1 for m in manifest if m["rc"] != 0),
+    }
 
-
-if __name__ == "__main__":
-    main()
