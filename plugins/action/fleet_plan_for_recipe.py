@@ -46,15 +46,20 @@ class ActionModule(ActionBase):
         vars_["hostvars"] = {h: _WithRecipe(hostvars[h], recipe) for h in names}
         task = self._task.copy()
         task.args = {"mode": self._task.args.get("mode", "deploy")}
-        action = self._shared_loader_obj.action_loader.get(
-            "fleet_plan",
-            task=task,
-            connection=self._connection,
-            play_context=self._play_context,
-            loader=self._loader,
-            templar=self._templar,
-            shared_loader_obj=self._shared_loader_obj,
-        )
+        action = None
+        # The collection's name first (installed), then the checkout's (ansible.cfg action_plugins).
+        for name in ("ascend.fleet.fleet_plan", "fleet_plan"):
+            action = self._shared_loader_obj.action_loader.get(
+                name,
+                task=task,
+                connection=self._connection,
+                play_context=self._play_context,
+                loader=self._loader,
+                templar=self._templar,
+                shared_loader_obj=self._shared_loader_obj,
+            )
+            if action is not None:
+                break
         if action is None:
             raise AnsibleActionFail("fleet_plan_for_recipe: the fleet_plan action plugin is not found")
         return copy.deepcopy(action.run(tmp, vars_))
