@@ -2,28 +2,21 @@
 listening ports, read in one call on the node (module fleet_status_probe), and the same record
 for a host that cannot be reached (filter fleet_status_unreachable, on the controller).
 
-Standard library only. ``host_status`` is pure (unit-tested); ``probe`` does the reading.
+Standard library and fleet_node only. ``host_status`` is pure (unit-tested); ``probe`` does the reading.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+from ansible_collections.ascend.fleet.plugins.module_utils.fleet_node import capture
+
 # No proxy from the environment: the ranks are on the node's own addresses.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _run(cmd, timeout=60):
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 127, "", str(exc)
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def container_state(name, inspect):
@@ -157,8 +150,8 @@ def probe(job, api_key="", timeout=10.0):
     names = [n for n in (job.get("engine_container"), job.get("proxy_container")) if n]
     with ThreadPoolExecutor(max_workers=max(1, min(32, len(urls) + len(names) + 1))) as pool:
         code_futures = {url: pool.submit(http_status, url, timeout, api_key) for url in urls}
-        inspect_futures = {n: pool.submit(_run, ["docker", "container", "inspect", n]) for n in names}
-        ss_future = pool.submit(_run, ["ss", "-H", "-t", "-l", "-n"])
+        inspect_futures = {n: pool.submit(capture, ["docker", "container", "inspect", n]) for n in names}
+        ss_future = pool.submit(capture, ["ss", "-H", "-t", "-l", "-n"])
     inspects = {}
     for name, fut in inspect_futures.items():
         rc, out, err = fut.result()
