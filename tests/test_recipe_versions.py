@@ -23,13 +23,11 @@ from tests.seed import (
     V0230_SCRIPT_NAMES,
     V0230_TEXT,
     derive_facts,
-    export_lines,
     exported_names,
-    fill_placeholders,
     run_script,
     tutorial_script,
 )
-from tests.test_render_seed import CASES, rank0_args, script_of
+from tests.test_render_seed import CASES, assert_same_preamble, rank0_args, script_of, tutorial_for
 from tests.test_validation import plan_with
 
 RECIPE = "dsv4-flash-w8a8-mtp@v0.23.0"
@@ -102,19 +100,8 @@ def test_v0230_renders_match_the_v0230_tutorial(rendered_v0230, tmp_path, topolo
     plan = load_plan(rendered_v0230[topology])
     hp = plan["hosts"][host]
     ours = script_of(rendered_v0230[topology], host)
-    theirs = fill_placeholders(TUTORIAL[seed], hp["node_ip"], hp["nic_name"])
-    if seed == "a2-prefill":  # 5.2.2 (line 742): kv_port and engine_id differ per P instance
-        index = int(host.split("-")[1])
-        theirs = theirs.replace('"kv_port": "30000"', f'"kv_port": "{30000 + 100 * index}"')
-        theirs = theirs.replace('"engine_id": "0"', f'"engine_id": "{index}"')
-    assert export_lines(ours) == export_lines(theirs)
-    theirs_head = [x for x in theirs.splitlines()[:-1] if x.strip()]
-    ours_head = [
-        x
-        for x in ours.split("\nexec vllm serve ")[0].splitlines()[1:]
-        if x.strip() and (not x.startswith("#") or x in theirs_head)
-    ]
-    assert ours_head == theirs_head
+    theirs = tutorial_for(TUTORIAL[seed], seed, host, hp)  # 5.2.2 (line 742): kv_port, engine_id per P
+    assert_same_preamble(ours, theirs)
     args = rank0_args(hp)
     got = run_script(ours, args, tmp_path / "ours")
     want = run_script(theirs, args, tmp_path / "tutorial")

@@ -50,6 +50,33 @@ CASES = {
 PARAMS = [(topo, host, seed) for topo, hosts in CASES.items() for host, seed in hosts.items()]
 
 
+def tutorial_for(script: str, seed: str, host: str, hp: dict) -> str:
+    """The tutorial's script for this host: placeholders filled as the tutorial asks, and for
+    the A2 prefill instances the two values 5.2.2 says to change per instance ("For each P
+    instance, only these two configuration values need to be modified: kv_port and
+    engine_id": engine_id from 0, kv_port 30000, 30100, ...)."""
+    theirs = fill_placeholders(script, hp["node_ip"], hp["nic_name"])
+    if seed == "a2-prefill":
+        index = int(host.split("-")[1])
+        theirs = theirs.replace('"kv_port": "30000"', f'"kv_port": "{30000 + 100 * index}"')
+        theirs = theirs.replace('"engine_id": "0"', f'"engine_id": "{index}"')
+    return theirs
+
+
+def assert_same_preamble(ours: str, theirs: str) -> None:
+    """The export lines, as text and in order; then every line before the serve command, in
+    order: the tutorial's, with exactly the recipe's documented deviations applied (our own
+    comments aside)."""
+    assert export_lines(ours) == export_lines(theirs)
+    theirs_head = [x for x in theirs.splitlines()[:-1] if x.strip()]
+    ours_head = [
+        x
+        for x in ours.split("\nexec vllm serve ")[0].splitlines()[1:]
+        if x.strip() and (not x.startswith("#") or x in theirs_head)
+    ]
+    assert ours_head == theirs_head
+
+
 def script_of(render_dir: Path, host: str) -> str:
     for name in ("run_dp_template.sh", "serve.sh"):
         path = render_dir / host / name
@@ -99,25 +126,8 @@ def test_exports_and_flags_match_tutorial(rendered, tmp_path, topology, host, se
     plan = load_plan(rendered[topology])
     hp = plan["hosts"][host]
     ours = script_of(rendered[topology], host)
-    theirs = fill_placeholders(SEED[seed], hp["node_ip"], hp["nic_name"])
-    if seed == "a2-prefill":
-        # 5.2.2: "For each P instance, only these two configuration values need to be
-        # modified: kv_port and engine_id" (engine_id from 0, kv_port 30000, 30100, ...).
-        index = int(host.split("-")[1])
-        theirs = theirs.replace('"kv_port": "30000"', f'"kv_port": "{30000 + 100 * index}"')
-        theirs = theirs.replace('"engine_id": "0"', f'"engine_id": "{index}"')
-
-    # The export lines, as text and in order (placeholders replaced as the tutorial asks).
-    assert export_lines(ours) == export_lines(theirs)
-    # Every line before the serve command, in order: the tutorial's, with exactly the
-    # recipe's documented deviations applied (our own comments aside).
-    theirs_head = [x for x in theirs.splitlines()[:-1] if x.strip()]
-    ours_head = [
-        x
-        for x in ours.split("\nexec vllm serve ")[0].splitlines()[1:]
-        if x.strip() and (not x.startswith("#") or x in theirs_head)
-    ]
-    assert ours_head == theirs_head
+    theirs = tutorial_for(SEED[seed], seed, host, hp)
+    assert_same_preamble(ours, theirs)
 
     args = rank0_args(hp)
     got = run_script(ours, args, tmp_path / "ours")
