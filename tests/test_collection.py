@@ -247,7 +247,9 @@ def test_a_checkout_without_the_collection_is_refused_before_anything_is_written
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false", "ANSIBLE_NOCOLOR": "1"},
+        # the venv's collections hidden, and any other collection path (~/.ansible) too
+        env={**os.environ, "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false", "ANSIBLE_NOCOLOR": "1",
+             "ANSIBLE_COLLECTIONS_PATH": str(tmp_path / "no-collections")},
     )
     assert proc.returncode == 2, proc.stdout[-3000:]
     assert "the ascend.fleet collection is not installed for this Ansible" in proc.stdout
