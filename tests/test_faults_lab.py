@@ -44,7 +44,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, ansible_bin, run_playbook
-from tests.lab.conftest import STATE, lab_unavailable, labctl
+from tests.lab.conftest import STATE, lab_unavailable, labctl, leave_serving, serving
 
 pytestmark = pytest.mark.lab
 
@@ -84,10 +84,10 @@ def fleet():
     mirror = overlay["all"]["vars"]["image_registry_mirror"]
     for host in ("prefill-0", "decode-0"):
         labctl("ssh", TOPOLOGY, host, "docker", "pull", "-q", f"{mirror}/ascend/vllm-ascend:v0.21.0rc1-a3")
-    playbook("site.yml")
+    serving(TOPOLOGY)
     yield
     labctl("engine", "clear", TOPOLOGY, check=False)
-    playbook("site.yml", check=False)  # leave the shared lab serving
+    leave_serving(TOPOLOGY)  # leave the shared lab serving
 
 
 def test_rank_crash_during_start_fails_fast_naming_node_rank_and_log(fleet, tmp_path):

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import run_playbook
-from tests.lab.conftest import Lab, lab_unavailable, labctl
+from tests.lab.conftest import Lab, lab_unavailable, labctl, leave_serving, serving
 
 pytestmark = pytest.mark.lab
 
@@ -109,11 +109,10 @@ def fleet():
     reason = lab_unavailable()
     if reason:
         pytest.skip(reason)
-    labctl("up", TOPOLOGY)  # with the engine image: the service runs
-    run_playbook("site.yml", *INVENTORY)
+    serving(TOPOLOGY)  # with the engine image: the service runs
     yield Lab(TOPOLOGY)
     # Leave the shared lab serving, whatever happened above (never taken down here).
-    run_playbook("site.yml", *INVENTORY, check=False)
+    leave_serving(TOPOLOGY)
 
 
 def assert_all_healthy(report: dict) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_playbook
-from tests.lab.conftest import Lab, lab_unavailable, labctl
+from tests.lab.conftest import Lab, lab_unavailable, labctl, leave_serving, serving
 
 pytestmark = pytest.mark.lab
 
@@ -222,12 +222,12 @@ def fleet(tmp_path_factory):
     tag_broken("v0.21.0rc1-a3", "lab-broken-a3")
     write_recipe(recipes, "dsv4-flash-w8a8-mtp@lab-broken", "lab-broken")
     write_recipe(recipes, "dsv4-flash-w8a8-mtp@lab-missing", "lab-no-such-tag")
-    run_playbook("site.yml", *INVENTORY, "-e", f"fleet_recipe={OLD}")
+    serving(TOPOLOGY, "-e", f"fleet_recipe={OLD}")
     lab = Lab(TOPOLOGY)
     entry = f"http://{lab.nodes['prefill-0']['mgmt_ip']}:1999"
     yield {"lab": lab, "new": V023, "paths": ["-e", json.dumps({"fleet_recipe_paths": [str(recipes)]})], "url": entry}
     # Leave the shared lab serving the default recipe, whatever happened above.
-    run_playbook("site.yml", *INVENTORY, "-e", f"fleet_recipe={OLD}", check=False)
+    leave_serving(TOPOLOGY, "-e", f"fleet_recipe={OLD}")
 
 
 def upgrade(fleet, recipe: str, *extra: str, check: bool = True):

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,58 @@ class Lab:
         """hccn_tool -i DEVICE ARGS on a node, at the real path, over ssh."""
         tool = "/usr/local/Ascend/driver/tools/hccn_tool"
         return self.ssh(host, " ".join([tool, "-i", str(device), *args]))
+
+
+# What a successful site.yml left serving, per topology, in this test session: the
+# fingerprint of every container of every node (id, image, state, start time, restarts).
+# A module that finds the same fingerprint (nothing restarted, stopped or replaced since)
+# starts from that deployment instead of running site.yml again; a module that changes
+# the deployment runs site.yml at its end (leave_serving) and records the new one.
+_LEFT_SERVING: dict[str, str] = {}
+
+
+def containers_fingerprint(topology: str) -> str | None:
+    """Every container of every node of a running lab, or None if a node does not answer."""
+    lab = Lab(topology)
+    command = ("docker ps -aq --no-trunc | xargs -r docker inspect --format "
+               "'{{.Name}} {{.Id}} {{.Image}} {{.State.Status}} {{.State.StartedAt}} {{.RestartCount}}'; "
+               "docker images --no-trunc --format '{{.Repository}}:{{.Tag}} {{.ID}}'")
+    with ThreadPoolExecutor(max_workers=len(lab.nodes)) as pool:
+        procs = dict(zip(lab.nodes, pool.map(lambda host: lab.ssh(host, command, timeout=60), lab.nodes), strict=True))
+    if any(proc.returncode != 0 for proc in procs.values()):
+        return None
+    return "\n".join(f"{host}: {line}" for host, proc in sorted(procs.items())
+                     for line in sorted(proc.stdout.splitlines()))
+
+
+def serving(topology: str, *extra: str) -> None:
+    """The lab of the topology up (labctl up) and serving what site.yml deploys (with extra
+    arguments): site.yml runs unless this session's last successful run left exactly the
+    containers that run now."""
+    from tests.conftest import run_site  # (tests.conftest imports nothing from here)
+
+    labctl("up", topology)
+    recorded = _LEFT_SERVING.pop(topology, None)
+    if recorded is not None and recorded == containers_fingerprint(topology):
+        _LEFT_SERVING[topology] = recorded
+        return
+    run_site(topology, *extra, check=True)
+    record_serving(topology)
+
+
+def leave_serving(topology: str, *extra: str) -> None:
+    """At a module's end: site.yml again (whatever the tests changed), and the deployment it
+    left recorded for the next module; nothing recorded if it failed."""
+    from tests.conftest import run_site
+
+    _LEFT_SERVING.pop(topology, None)
+    if run_site(topology, *extra, check=False).returncode == 0:
+        record_serving(topology)
+
+
+def record_serving(topology: str) -> None:
+    """What runs now is what a successful site.yml left (called right after one)."""
+    _LEFT_SERVING[topology] = containers_fingerprint(topology) or ""
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import shlex
 import pytest
 
 from tests.conftest import run_playbook
-from tests.lab.conftest import lab_unavailable, labctl
+from tests.lab.conftest import lab_unavailable, labctl, leave_serving, serving
 
 pytestmark = pytest.mark.lab
 
@@ -43,10 +43,9 @@ def fleet():
     reason = lab_unavailable()
     if reason:
         pytest.skip(reason)
-    labctl("up", TOPOLOGY)
-    run_playbook("site.yml", *INVENTORY)
+    serving(TOPOLOGY)
     yield
-    run_playbook("site.yml", *INVENTORY, check=False)  # leave the shared lab serving
+    leave_serving(TOPOLOGY)  # leave the shared lab serving
 
 
 @pytest.mark.parametrize("host", HOSTS)
