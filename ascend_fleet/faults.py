@@ -1,6 +1,6 @@
 """What the serve wait watches: this node's ranks and the other nodes of its instance.
 
-``watch_spec(plan, host, container)`` is the spec ``roles/serve/files/wait_healthy.py``
+``watch_spec(plan, host, container)`` is the spec the ``fleet_wait_healthy`` module
 reads: a DP group spans every node of an instance, so each node's watcher also watches
 the API ports of the instance's other nodes (a rank or a node lost there means the group
 cannot form: no point waiting for the engine timeout).

@@ -100,7 +100,7 @@ def test_hub_drop_mid_file_still_ends_with_verified_weights(fresh_lab):
 
 def verify_weights(lab: Lab, host: str) -> dict:
     """Run the weights helper's full verification (sizes and sha256 against the hub) on a node."""
-    tool = (REPO / "roles" / "weights" / "files" / "weights_tool.py").read_text()
+    tool = (REPO / "plugins" / "module_utils" / "fleet_weights.py").read_text()
     model = "/root/.cache/modelscope/hub/models/vllm-ascend/DeepSeek-V4-Flash-w8a8-mtp"
     proc = subprocess.run(
         [

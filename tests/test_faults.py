@@ -58,17 +58,17 @@ WHEN_THINGS_BREAK = [
     ("Another download holds the weights lock",
      "weights lock <f> is held by pid <p> on <h> (download of <m>) since <t>; still held after <s> s",
      "Let that download finish, or raise weights_lock_wait_s, re-run",
-     ["tests/lab/test_node_checks.py", "roles/weights/files/weights_tool.py"],
+     ["tests/lab/test_node_checks.py", "plugins/module_utils/fleet_weights.py"],
      "tests/lab/test_node_checks.py::test_weights_lock_wait_then_disk_full_during_download_then_resumes"),
     ("The weights cache fills up during the download",
      "disk full",
      "Free space in weights_cache_dir, re-run (the download resumes; no corrupt file is kept)",
-     ["tests/lab/test_node_checks.py", "roles/weights/files/weights_tool.py"],
+     ["tests/lab/test_node_checks.py", "plugins/module_utils/fleet_weights.py"],
      "tests/lab/test_node_checks.py::test_weights_lock_wait_then_disk_full_during_download_then_resumes"),
     ("A rank dies while the engines start",
      "<node> DP rank <k> (port <p>): rank process exited",
      "Read the log tail in the message, fix the cause, re-run site.yml",
-     [LAB, "roles/serve/tasks/wait.yml", "roles/serve/files/wait_healthy.py"],
+     [LAB, "roles/serve/tasks/wait.yml", "plugins/module_utils/fleet_wait.py"],
      f"{LAB}::test_rank_crash_during_start_fails_fast_naming_node_rank_and_log"),
     ("An engine container exits during the start",
      "did not become healthy",
@@ -83,7 +83,7 @@ WHEN_THINGS_BREAK = [
     ("Another node of a DP group stops answering during the start",
      "node <node> (<ip>) does not answer for <s> s",
      "Power the node on or fix its network, re-run site.yml",
-     ["roles/serve/files/wait_healthy.py"],
+     ["plugins/module_utils/fleet_wait.py"],
      "tests/test_faults_dp_lab.py::test_dp_group_node_lost_mid_start_is_named_by_its_peers_then_heals"),
     ("A rank dies while serving",
      "degraded",
@@ -159,9 +159,9 @@ def test_watch_spec_single_node_instance_has_no_peers(rendered):
 
 
 def test_weights_lock_wait_is_bounded_with_progress_and_names_the_holder(tmp_path):
-    """weights_tool ensure waits a bounded time for the weights lock another download
+    """fleet_weights.py (run as a program) ensure waits a bounded time for the weights lock another download
     holds, printing progress, then names the holder; lock-status says the same at once."""
-    tool = str(REPO / "roles" / "weights" / "files" / "weights_tool.py")
+    tool = str(REPO / "plugins" / "module_utils" / "fleet_weights.py")
     lock = tmp_path / "weights.lock"
     common = ["--dir", str(tmp_path / "model"), "--endpoint", "http://127.0.0.1:9", "--model", "o/m",
               "--lock", str(lock)]

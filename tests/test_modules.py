@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,54 @@ def test_collect_writes_the_manifest_and_the_tarball_and_records_what_failed(tmp
         names = tar.getnames()
     assert "manifest.json" in names and "files/prefill-0/launch.sh" in names
     assert "ascend/log/debug/plog/plog-1.log" in names
+
+
+
+INLINE = re.compile(r"\bpython3?\s+-c\b")
+PY_LOOKUP = re.compile(r"""lookup\(\s*['"](?:ansible\.builtin\.)?file['"]\s*,[^)]*\.py['"]""")
+
+
+def inline_programs(node, where: str = "") -> list[str]:
+    """Where a YAML document runs `python3 -c` (a string, or an argv list with python3 then
+    -c) or reads a Python file to pass it inline."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += inline_programs(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            nxt = node[i + 1] if i + 1 < len(node) else None
+            if isinstance(value, str) and re.fullmatch(r"(\S*/)?python3?", value.strip()) and nxt == "-c":
+                found.append(f"{where}[{i}]: {value} -c")
+            found += inline_programs(value, f"{where}[{i}]")
+    elif isinstance(node, str) and (INLINE.search(node) or PY_LOOKUP.search(node)):
+        found.append(f"{where}: {node[:80]}")
+    return found
+
+
+def test_no_task_ships_a_program_as_python3_dash_c():
+    """Node-side programs are modules: no task file or role variable under roles/ runs
+    `python3 -c <program>` nor reads a role's Python file to pass it inline."""
+    files = sorted(p for d in ("tasks", "vars", "handlers", "defaults")
+                   for p in (REPO / "roles").glob(f"*/{d}/**/*.yml"))
+    assert len(files) > 20
+    offenders = [f"{p.relative_to(REPO)}{hit}" for p in files for hit in inline_programs(yaml.safe_load(p.read_text()))]
+    assert offenders == []
+    assert not list((REPO / "roles").glob("*/files/*.py")), "a role still carries a node-side Python program"
+
+
+@pytest.mark.parametrize("text", [
+    'argv: [python3, -c, "{{ tool }}", check]',
+    'upgrade_admin: ["python3", "-c", "{{ x }}"]',
+    "argv:\n  - python3\n  - -c\n  - \"{{ lookup('ansible.builtin.file', 'wait_healthy.py') }}\"",
+    "cmd: python3 -c 'import sys'",
+    "t: \"{{ lookup('ansible.builtin.file', role_path ~ '/../proxy/files/proxy_admin.py') }}\"",
+])
+def test_the_check_finds_every_form_the_roles_used(text):
+    assert inline_programs(yaml.safe_load(text))
+
+
+def test_the_check_passes_a_module_task():
+    task = yaml.safe_load("- ascend.fleet.fleet_weights: {state: checked, path: /x, model: a/b}\n"
+                          "- ansible.builtin.command: {argv: [python3, --version]}")
+    assert inline_programs(task) == []

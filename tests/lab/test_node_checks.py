@@ -201,7 +201,7 @@ def test_weights_lock_wait_then_disk_full_during_download_then_resumes(small_a2)
         hub = {f["Path"]: f for f in json.load(resp)["Data"]["Files"] if f.get("Type") != "tree"}
     lab.ssh("node-0", f"rm -rf {model_dir}")
     # Another download of this cache holds the weights lock (the toolkit's own helper).
-    tool = (REPO / "roles" / "weights" / "files" / "weights_tool.py").read_text()
+    tool = (REPO / "plugins" / "module_utils" / "fleet_weights.py").read_text()
     subprocess.run([*lab.ssh_cmd("node-0"), "cat > /root/other-weights-tool.py"], input=tool, text=True, check=True)
     holder = lab.ssh("node-0", "setsid python3 /root/other-weights-tool.py ensure --dir /root/other-model "
                                "--endpoint http://198.18.0.1:8081 --model " + model + " --lock "
