@@ -171,3 +171,159 @@ def test_the_check_passes_a_module_task():
     task = yaml.safe_load("- ascend.fleet.fleet_weights: {state: checked, path: /x, model: a/b}\n"
                           "- ansible.builtin.command: {argv: [python3, --version]}")
     assert inline_programs(task) == []
+
+
+# -- the node-side modules, run as Ansible runs them on a node (their file and an arguments file)
+
+
+def run_module(name: str, args: dict, tmp_path: Path, check_mode: bool = False) -> dict:
+    argsfile = tmp_path / f"args-{name}.json"
+    argsfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check_mode}}))
+    proc = subprocess.run([sys.executable, str(REPO / "plugins" / "modules" / f"{name}.py"), str(argsfile)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert proc.returncode == (1 if result.get("failed") else 0), result
+    return result
+
+
+class _Http:
+    """A loopback HTTP server answering with handler(method, path, body) -> (status, json)."""
+
+    def __init__(self, handler) -> None:
+        import http.server
+        import threading
+
+        outer = handler
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_a):
+                pass
+
+            def _answer(self, method):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null") if length else None
+                status, answer = outer(method, self.path, body)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._answer("GET")
+
+            def do_POST(self):
+                self._answer("POST")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_wait_healthy_simple_form_healthy_then_dead_when_the_container_is_gone(tmp_path):
+    server = _Http(lambda method, path, body: (200, {"ok": True}))
+    try:
+        ok = run_module("fleet_wait_healthy", {"container": "no-such-container-here", "urls": [server.url + "/h"],
+                                               "timeout_s": 30, "interval_s": 0.2}, tmp_path)
+    finally:
+        server.stop()
+    assert ok["state"] == "healthy" and ok["healthy"] == [server.url + "/h"] and not ok.get("failed")
+    dead = run_module("fleet_wait_healthy", {"container": "no-such-container-here", "urls": [server.url + "/h"],
+                                             "timeout_s": 30, "interval_s": 0.2}, tmp_path)
+    assert dead["failed"] and dead["state"] == "dead" and dead["pending"] == [server.url + "/h"]
+    assert "container is missing" in dead["msg"] and server.url in dead["msg"]
+
+
+def test_wait_healthy_spec_form_reports_the_dead_container_for_the_rescue(tmp_path):
+    spec = {"node": "decode-0", "ip": "127.0.0.1", "container": "no-such-container-here",
+            "ranks": [{"dp_rank": 0, "api_port": 9}], "peers": []}
+    state_file = tmp_path / "run" / "wait.json"
+    args = {"spec": spec, "state_file": str(state_file), "timeout_s": 60, "round_s": 5, "interval_s": 0.2}
+    checked = run_module("fleet_wait_healthy", args, tmp_path, check_mode=True)
+    assert checked["state"] == "dead" and not state_file.exists()  # check mode writes nothing
+    result = run_module("fleet_wait_healthy", args, tmp_path)
+    assert result["failed"] and result["state"] == "dead" and result["node"] == "decode-0"
+    assert result["dead"] == [{"node": "decode-0", "what": "container no-such-container-here is missing"}]
+    assert result["pending"] == [9] and "started_at" in result and "container" in result
+    assert json.loads(state_file.read_text())["started"] == ""
+    bad = run_module("fleet_wait_healthy", {**args, "spec": {"node": "x"}}, tmp_path)
+    assert bad["failed"] and "spec lacks ip, container, ranks" in bad["msg"]
+    both = run_module("fleet_wait_healthy", {**args, "urls": ["http://127.0.0.1:9"], "container": "c"}, tmp_path)
+    assert both["failed"] and "mutually exclusive" in both["msg"]
+
+
+class _Proxy:
+    """The PD proxy's admin API as the upgrade role uses it: a removed instance is dropped
+    from the lists once `drain_polls` list calls have seen it (its requests finishing); an
+    added one is listed at once, or never when refuse_add."""
+
+    def __init__(self, drain_polls: int = 2, refuse_add: bool = False) -> None:
+        self.lists = {"prefill": ["10.0.0.1:7000"], "decode": ["10.0.0.2:7100", "10.0.0.2:7101"]}
+        self.draining: dict[str, int] = {}
+        self.drain_polls, self.refuse_add = drain_polls, refuse_add
+        self.posts: list[tuple[str, dict]] = []
+        self.http = _Http(self.answer)
+        self.url = self.http.url
+
+    def answer(self, method, path, body):
+        if path == "/healthcheck":
+            return 200, {"request_num": len(self.draining)}
+        kind = body["type"]
+        self.posts.append((path, body))
+        if path == "/instances/remove":
+            for inst in body["instances"]:
+                self.draining[inst] = self.drain_polls
+            return 200, {"message": "removing", f"current_{kind}_instances": self.lists[kind]}
+        for inst in list(self.draining):
+            self.draining[inst] -= 1
+            if self.draining[inst] <= 0:
+                del self.draining[inst]
+                for lst in self.lists.values():
+                    if inst in lst:
+                        lst.remove(inst)
+        if not self.refuse_add:
+            self.lists[kind] += [i for i in body["instances"] if i not in self.lists[kind]]
+        return 200, {f"current_{kind}_instances": list(self.lists[kind])}
+
+
+def test_proxy_admin_drains_and_adds_back_check_mode_changes_nothing(tmp_path):
+    proxy = _Proxy()
+    decode = ["10.0.0.2:7100", "10.0.0.2:7101"]
+    try:
+        args = {"state": "absent", "url": proxy.url, "kind": "decode", "instances": decode, "timeout_s": 60}
+        would = run_module("fleet_proxy_admin", args, tmp_path, check_mode=True)
+        assert would["changed"] is True and proxy.lists["decode"] == decode
+        assert not [p for p, _ in proxy.posts if p == "/instances/remove"]
+        out = run_module("fleet_proxy_admin", args, tmp_path)
+        assert out["changed"] is True and proxy.lists["decode"] == [] and proxy.lists["prefill"] == ["10.0.0.1:7000"]
+        assert out["msg"] == "drained: the proxy no longer lists 2 decode entries", out
+        assert any("remove decode 10.0.0.2:7100 10.0.0.2:7101" in line for line in out["progress"])
+        again = run_module("fleet_proxy_admin", args, tmp_path)
+        assert again["changed"] is False  # already out
+        back = run_module("fleet_proxy_admin", {**args, "state": "present"}, tmp_path)
+        assert back["changed"] is True and proxy.lists["decode"] == decode
+        assert back["msg"] == "added: the proxy lists every decode entry (2)"
+    finally:
+        proxy.http.stop()
+
+
+def test_proxy_admin_timeout_fails_naming_what_is_still_missing(tmp_path):
+    proxy = _Proxy(refuse_add=True)
+    try:
+        out = run_module("fleet_proxy_admin", {"state": "present", "url": proxy.url, "kind": "decode",
+                                               "instances": ["10.0.0.9:7100"], "timeout_s": 1}, tmp_path)
+    finally:
+        proxy.http.stop()
+    assert out["failed"] and out["msg"] == "TIMEOUT after 1 s: not listed: 10.0.0.9:7100", out
+    unreachable = run_module("fleet_proxy_admin", {"state": "absent", "url": "http://127.0.0.1:9", "kind": "decode",
+                                                   "instances": ["10.0.0.9:7100"]}, tmp_path)
+    assert unreachable["failed"] and "Connection refused" in unreachable["msg"], unreachable
+    none = run_module("fleet_proxy_admin", {"state": "absent", "url": "http://127.0.0.1:9", "kind": "decode"},
+                      tmp_path)
+    assert none["failed"] and "needs at least one instance" in none["msg"]

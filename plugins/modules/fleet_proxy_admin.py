@@ -98,7 +98,7 @@ def main() -> None:
         proxy.say(f"ERROR: {type(exc).__name__}: {exc}")
         rc = 2
     lines = proxy.say.lines
-    msg = lines[-1] if lines else ""
+    msg = lines[-1].split("] ", 1)[-1] if lines else ""  # the last line, without its time
     if rc != 0:
         module.fail_json(msg=msg, progress=lines)
     module.exit_json(changed=changed or state == "held", progress=lines, msg=msg)
