@@ -2,9 +2,9 @@
 
 Runs on the controller only and contacts no host: it reads the inventory (every host's
 variables and the groups), hands them to the topology engine (``ascend_fleet.topology``)
-and returns the plan. With errors it fails, listing every one (host or group, value found,
-value expected, variable to change). Warnings (risky tutorial values kept as defaults) are
-printed as Ansible warnings.
+and returns the plan, with every role's literal defaults (``defaults``). With errors it
+fails, listing every one (host or group, value found, value expected, variable to change).
+Warnings (risky tutorial values kept as defaults) are printed as Ansible warnings.
 
 Options:
   mode: render (placeholder addresses allowed) or deploy (refused).
@@ -56,6 +56,22 @@ def role_option_types() -> dict[str, str]:
     return types
 
 
+def role_defaults() -> dict[str, object]:
+    """Every role's literal defaults (defaults/main.yml values without Jinja), by variable name.
+
+    The validate role shares them as ``fleet_defaults``, so a role that reads another role's
+    setting (ops reading serve_container_name) falls back on the owner's own default, not on a
+    copy of its value.
+    """
+    found: dict[str, object] = {}
+    for defaults_file in sorted((REPO_ROOT / "roles").glob("*/defaults/main.yml")):
+        data = yaml.safe_load(defaults_file.read_text()) or {}
+        for name, value in data.items():
+            if "{{" not in repr(value) and "{%" not in repr(value):
+                found[name] = value
+    return found
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("mode",))
@@ -88,6 +104,7 @@ class ActionModule(ActionBase):
         result["changed"] = False
         if not plan["errors"]:
             result["plan"] = plan
+            result["defaults"] = role_defaults()
         else:
             result["failed"] = True
             result["msg"] = (
