@@ -309,3 +309,45 @@ def test_validation_shares_the_owners_defaults_and_the_readers_follow_them(tmp_p
     ]
     assert literal["serve_container_name"] == "vllm-ascend" and literal["proxy_container_name"] != "my-proxy"
     assert not marker.exists()
+
+
+def test_launch_files_take_the_nic_preflight_found_when_the_inventory_names_none(tmp_path):
+    """launch_files_nic_name is derived in one place (the launch_files defaults): the plan's
+    fleet_nic_name, else preflight_nic. Rendered on the controller (ansible_connection local)."""
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        textwrap.dedent("""\
+        all:
+          vars: {fleet_topology: a3-1p1d, fleet_hw_kind: a3}
+          children:
+            prefill:
+              vars: {fleet_profile: a3-prefill}
+              hosts:
+                prefill-0: {ansible_host: 198.18.200.11, fleet_instance: prefill-0}
+            decode:
+              vars: {fleet_profile: a3-decode}
+              hosts:
+                decode-0: {ansible_host: 198.18.200.21, fleet_instance: decode-0}
+        """)
+    )
+    probe = tmp_path / "probe.yml"
+    probe.write_text(
+        textwrap.dedent(f"""\
+        - name: Validate
+          ansible.builtin.import_playbook: {REPO / "playbooks" / "validate.yml"}
+        - name: Place the launch files
+          hosts: prefill
+          gather_facts: false
+          vars:
+            ansible_connection: local
+            ansible_python_interpreter: "{{{{ ansible_playbook_python }}}}"
+            launch_files_dest: {tmp_path / "files"}
+          roles:
+            - role: launch_files
+        """)
+    )
+    env, marker = _ssh_trap(tmp_path)
+    run_playbook(str(probe), "-i", str(inventory), "-e", "preflight_nic=eth7", env=env)
+    scripts = "".join(p.read_text() for p in (tmp_path / "files").glob("*.sh"))
+    assert scripts.count('nic_name="eth7"') >= 1 and 'nic_name=""' not in scripts, scripts[:2000]
+    assert not marker.exists()
