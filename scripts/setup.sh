@@ -45,11 +45,4 @@ if [ "$(readlink "$link" 2>/dev/null)" != "$PWD" ]; then
     mkdir -p "$(dirname "$link")"
     ln -sfn "$PWD" "$link"
 fi
-# vLLM's own `vllm serve` parser, one CPU-only venv per shipped flag table
-# (lab/.cache/vllm-<version>, built once by scripts/flag-table): the tests compare the
-# tables and our parser with it.
-for table in ascend_fleet/data/vllm-*-serve-flags.json; do
-    version=${table#ascend_fleet/data/vllm-}
-    scripts/flag-table --venv "${version%-serve-flags.json}" >/dev/null
-done
 echo "setup: ready ($(.venv/bin/ansible --version | sed -n 1p))"

@@ -9,6 +9,7 @@ The v0.23.0 tutorial is ``tests/data/vllm-ascend-v0.23.0-DeepSeek-V4-Flash.md``,
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import subprocess
 from pathlib import Path
@@ -134,18 +135,20 @@ def test_abbreviation_is_named_not_called_unknown():
 
 # ---- our parser against vLLM's own parser -------------------------------------------------
 # vLLM's parser runs in the CPU-only venv of each release that scripts/flag-table builds
-# (scripts/setup.sh builds both). Without it the tests skip, and in CI a skip fails.
+# (scripts/test.sh starts both builds; this waits for them, or builds). If it cannot be
+# built the tests skip, and in CI a skip fails.
 
 VERSIONS = ("0.21.0", "0.23.0")
 
 
+@functools.cache
 def vllm_venv(version: str) -> Path:
-    venv = REPO / "lab" / ".cache" / f"vllm-{version}"
-    if not (venv / ".flag-table-ready").is_file():
-        pytest.skip(
-            f"no vLLM {version} parser venv at {venv}: run scripts/setup.sh (or scripts/flag-table --venv {version})"
-        )
-    return venv
+    proc = subprocess.run(
+        [str(REPO / "scripts" / "flag-table"), "--venv", version], capture_output=True, text=True, timeout=1800
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"no vLLM {version} parser venv (scripts/flag-table --venv {version}):\n{proc.stderr[-2000:]}")
+    return Path(proc.stdout.strip())
 
 
 def vllm_parse(version: str, argvs: list[list[str]]) -> list[dict]:
