@@ -167,8 +167,17 @@ def get(url: str, headers: dict | None = None) -> bytes:
         return resp.read()
 
 
-def counters() -> dict:
-    report = json.loads(labctl("upstream", "bytes").stdout)
+def upstream_report() -> dict:
+    return json.loads(labctl("upstream", "bytes").stdout)
+
+
+def counters(rate: int | None = None) -> dict:
+    """Bytes each upstream sent; with rate: also check the link kept that rate (the upstream
+    is one for the whole lab: another user changing it spoils the run)."""
+    report = upstream_report()
+    if rate is not None and report["rate"] != rate:
+        raise BenchError(f"the upstream's rate changed during the run ({rate} -> {report['rate']} B/s): "
+                         "someone else used `labctl upstream`; run again")
     return {name: u["down"] for name, u in report["upstreams"].items()}
 
 
@@ -265,10 +274,11 @@ def bench(topology: str, rate: int, modes: list[str], down: bool) -> dict:
     }
     for mode in modes:
         make_cold(topology)
+        labctl("upstream", "set", "--rate", str(rate))
         labctl("upstream", "reset")
         extra = ["-e", f"image_registry_mirror={UPSTREAM_REGISTRY}"] if mode == "direct" else []
         proc, took = site(topology, *extra)
-        counted = counters()
+        counted = counters(rate)
         if proc.returncode != 0:
             raise BenchError(f"site.yml ({mode}) failed:\n{proc.stdout[-4000:]}")
         roles = role_times(proc.stdout)
