@@ -64,3 +64,14 @@ def test_every_node_pulls_through_the_cache_on_the_first_node_and_a_rerun_change
     again = run_playbook("playbooks/image.yml", *INVENTORY, *CACHE_ON)
     recap = {h: int(ch) for h, _, ch, _, _ in RECAP.findall(again.stdout)}
     assert set(recap) >= set(lab.nodes) and all(v == 0 for v in recap.values()), again.stdout[-3000:]
+
+
+def test_with_the_mirror_set_nodes_pull_from_it_and_no_cache_starts(lab):
+    # The overlay's image_registry_mirror (the lab registry as the operator's mirror).
+    lab.ssh("prefill-0", f"docker rm -f {CACHE}")
+    run_playbook("playbooks/image.yml", *INVENTORY)  # succeeds (asserted by run_playbook)
+    for host in lab.nodes:
+        names = lab.ssh(host, "docker ps -a --format '{{.Names}}'").stdout.split()
+        assert CACHE not in names, (host, names)
+        images = lab.ssh(host, "docker images --format '{{.Repository}}:{{.Tag}}'").stdout.split()
+        assert "198.18.0.1:5000/ascend/vllm-ascend:v0.21.0rc1-a3" in images, (host, images)
