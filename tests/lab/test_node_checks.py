@@ -30,7 +30,6 @@ def preflight(topology: str) -> subprocess.CompletedProcess:
     """validate + preflight against a lab (the first two phases of site.yml)."""
     state = REPO / "lab" / ".state" / topology
     return run_playbook(
-        "playbooks/validate.yml",
         "playbooks/preflight.yml",
         "-i",
         topology,
@@ -138,8 +137,8 @@ def test_rerun_on_small_disk_counts_only_what_is_missing(small_a2):
     # put image and weights in place (their own phases), then the same small disk passes
     run_playbook(
         "playbooks/validate.yml",
-        "playbooks/image.yml",
-        "playbooks/weights.yml",
+        "playbooks/phases/image.yml",
+        "playbooks/phases/weights.yml",
         "-i",
         A2,
         "-i",
@@ -191,7 +190,8 @@ def test_weights_lock_wait_then_disk_full_during_download_then_resumes(small_a2)
     model = json.loads(lab.ssh("node-0", f"cat {model_dir}/.ascend-fleet-complete.json").stdout)["model"]
 
     def weights(*extra: str) -> subprocess.CompletedProcess:
-        return run_playbook("playbooks/validate.yml", "playbooks/image.yml", "playbooks/weights.yml", "-i", A2, "-i",
+        return run_playbook("playbooks/validate.yml", "playbooks/phases/image.yml", "playbooks/phases/weights.yml",
+                            "-i", A2, "-i",
                             str(state / "hosts.yml"), *extra, check=False,
                             env={"ANSIBLE_CACHE_PLUGIN_CONNECTION": str(state / "facts")})
 
