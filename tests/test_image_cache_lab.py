@@ -18,7 +18,12 @@ pytestmark = pytest.mark.lab
 TOPOLOGY = "a3-1p1d"
 INVENTORY = ["-i", TOPOLOGY, "-i", f"lab/.state/{TOPOLOGY}/hosts.yml"]
 CACHE = "ascend-fleet-image-cache"
-CACHE_ON = ["-e", "image_registry_mirror="]  # no mirror: the fleet's own cache
+# No mirror: the fleet's own cache. The image of the v0.23.0 recipe, which the served lab
+# does not run: its layers are not on the nodes, so the pulls through the cache fetch them
+# (a node that already holds every layer of an image only asks the cache for the manifest).
+NEW = "dsv4-flash-w8a8-mtp@v0.23.0"
+CACHE_ON = ["-e", "image_registry_mirror=", "-e", f"fleet_recipe={NEW}"]
+NEW_TAG = "ascend/vllm-ascend:v0.23.0-a3"
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
@@ -27,7 +32,8 @@ def remove_cache(lab: Lab) -> None:
     for host in lab.nodes:
         lab.ssh(host, f"docker rm -f {CACHE} >/dev/null 2>&1; rm -rf /var/lib/ascend-fleet/image-cache; "
                       "docker images --format '{{.Repository}}:{{.Tag}}' "
-                      "| grep -E '^198[.]18[.]([1-9]|1[0-5])[.]|/distribution/registry:' | xargs -r docker rmi")
+                      "| grep -E '^198[.]18[.]([1-9]|1[0-5])[.]|/distribution/registry:|/" + NEW_TAG + "$' "
+                      "| xargs -r docker rmi")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +62,7 @@ def test_every_node_pulls_through_the_cache_on_the_first_node_and_a_rerun_change
     # Every node has the engine image under the cache's name, and the cache holds it.
     for host in lab.nodes:
         images = lab.ssh(host, "docker images --format '{{.Repository}}:{{.Tag}}'").stdout.split()
-        assert f"{address}/ascend/vllm-ascend:v0.21.0rc1-a3" in images, (host, images)
+        assert f"{address}/{NEW_TAG}" in images, (host, images)
     catalog = lab.ssh("decode-0", f"curl -fsS http://{address}/v2/_catalog").stdout
     assert "ascend/vllm-ascend" in json.loads(catalog)["repositories"]
     assert "Pull the engine image through the cache on its own node first" in first.stdout
