@@ -20,15 +20,14 @@ it) and takes the lab down at the end: it is the last user of a2-4p4d before Mol
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 
 import pytest
 
-from tests.conftest import REPO, ansible_bin, run_site
+from tests.conftest import run_site
 from tests.lab.conftest import lab_unavailable, labctl, serving
-from tests.test_faults_lab import wait_until
+from tests.test_faults_lab import start_playbook, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -65,13 +64,8 @@ def test_dp_group_node_lost_mid_start_is_named_by_its_peers_then_heals(fleet, tm
     prefill_before = {h: engine_state(h) for h in PREFILL}
     log = tmp_path / "restart.log"
     slow = json.dumps({"serve_extra_env": {"ASCEND_FLEET_LAB_INIT_SECONDS": "600"}})
-    with log.open("w") as fh:
-        run = subprocess.Popen(
-            [ansible_bin("ansible-playbook"), "playbooks/restart.yml", *INVENTORY,
-             "-e", "ops_restart_instances=decode-0", "-e", slow],
-            cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"},
-        )
+    run = start_playbook("playbooks/restart.yml", log, "-e", "ops_restart_instances=decode-0", "-e", slow,
+                         inventory=INVENTORY)
     try:
         wait_until("the wait on the decode group", lambda: "Wait for /health on every rank" in log.read_text(),
                    run, log, bound=600)

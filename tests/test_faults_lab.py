@@ -158,10 +158,10 @@ def flat(proc: subprocess.CompletedProcess) -> str:
     return re.sub(r"\s+", " ", proc.stdout + proc.stderr).replace("''", "'")
 
 
-def start_playbook(name: str, log: Path, *extra: str) -> subprocess.Popen:
+def start_playbook(name: str, log: Path, *extra: str, inventory: list[str] = INVENTORY) -> subprocess.Popen:
     """A playbook in the background (another operator's run), its output into log."""
     with log.open("w") as fh:
-        return subprocess.Popen([ansible_bin("ansible-playbook"), name, *INVENTORY, *extra], cwd=REPO,
+        return subprocess.Popen([ansible_bin("ansible-playbook"), name, *inventory, *extra], cwd=REPO,
                                 stdout=fh, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"})
 
