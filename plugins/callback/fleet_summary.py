@@ -75,7 +75,10 @@ class CallbackModule(CallbackBase):
             self._record(result, "failed")
 
     def v2_runner_on_unreachable(self, result):
-        self._record(result, "unreachable")
+        # a task that expects it (the converge probe, status) goes on; the phase that needs
+        # the node names it
+        if not result._task.ignore_unreachable:
+            self._record(result, "unreachable")
 
     def v2_playbook_on_stats(self, stats):
         hosts = sorted(h for h in stats.processed if stats.failures.get(h) or stats.dark.get(h))
