@@ -27,6 +27,14 @@ prefill-0                  : ok=70   changed=2    unreachable=0    failed=0    s
 """
 
 
+def test_changed_tasks_are_read_by_name():
+    out = ("PLAY [x] ***\n\nTASK [converge : " + noop.RECORD_TASK + "] ***\n"
+           "changed: [prefill-0]\nok: [decode-0]\n\nTASK [Pull the engine image] ***\nok: [prefill-0]\n\n"
+           "TASK [serve : Create or update the engine container] ***\nchanged: [decode-0]\n")
+    proc = subprocess.CompletedProcess([], 0, out, "")
+    assert noop.changed_tasks(proc) == {noop.RECORD_TASK, "Create or update the engine container"}
+
+
 def test_recap_is_read_per_host():
     proc = subprocess.CompletedProcess([], 0, stdout=RECAP, stderr="")
     got = noop.recap(proc)
