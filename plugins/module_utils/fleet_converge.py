@@ -82,16 +82,19 @@ def npu_state(pool):
     }
 
 
-def observe(containers, files, weights, urls, timeout=5.0):
-    """The node's state now: observed (what a record keeps) and health (URL -> HTTP status)."""
+def observe(containers, files, weights, urls, timeout=5.0, optional=()):
+    """The node's state now: observed (what a record keeps) and health (URL -> HTTP status).
+    An optional container (one that runs on some node only, as the image cache) is part of
+    the state only where it exists."""
     with ThreadPoolExecutor(max_workers=16) as pool:
-        c_fut = {name: pool.submit(container, name) for name in containers}
+        c_fut = {name: pool.submit(container, name) for name in [*containers, *optional]}
         h_fut = {url: pool.submit(http_status, url, timeout, "") for url in urls}
         f_fut = {path: pool.submit(sha1_of, path) for path in files}
         w_fut = pool.submit(weights_state, weights["dir"], weights["model"], weights["revision"]) if weights else None
         npu = npu_state(pool)
+        found = {name: fut.result() for name, fut in c_fut.items()}
         observed = {
-            "containers": {name: fut.result() for name, fut in c_fut.items()},
+            "containers": {name: c for name, c in found.items() if name in containers or c["state"] != "absent"},
             "files": {path: fut.result() for path, fut in f_fut.items()},
             "weights": w_fut.result()["present"] if w_fut else None,
             "npu": npu,

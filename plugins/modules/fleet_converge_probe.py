@@ -23,6 +23,11 @@ options:
   state: {type: str, choices: [observed, recorded], default: observed, description: Read, or keep the record.}
   state_file: {type: path, required: true, description: The record's path on the node.}
   containers: {type: list, elements: str, default: [], description: Names of our containers on this node.}
+  optional_containers:
+    type: list
+    elements: str
+    default: []
+    description: Containers that are part of the state only where they exist (the image cache).
   files: {type: list, elements: path, default: [], description: Files whose SHA-1 is kept (the launch files).}
   weights: {type: dict, description: "Complete weights to look for: {dir, model, revision}."}
   urls: {type: list, elements: str, default: [], description: Health URLs that must answer 200.}
@@ -53,6 +58,7 @@ ARGUMENT_SPEC = {
     "state": {"type": "str", "choices": ["observed", "recorded"], "default": "observed"},
     "state_file": {"type": "path", "required": True},
     "containers": {"type": "list", "elements": "str", "default": []},
+    "optional_containers": {"type": "list", "elements": "str", "default": []},
     "files": {"type": "list", "elements": "path", "default": []},
     "weights": {"type": "dict"},
     "urls": {"type": "list", "elements": "str", "default": []},
@@ -64,7 +70,8 @@ ARGUMENT_SPEC = {
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     p = module.params
-    observed, health = observe(p["containers"], p["files"], p["weights"], p["urls"], p["timeout"])
+    observed, health = observe(p["containers"], p["files"], p["weights"], p["urls"], p["timeout"],
+                               p["optional_containers"])
     changed = False
     if p["state"] == "recorded":
         if not p["inputs"]:
