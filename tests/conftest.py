@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -54,15 +55,35 @@ def run_site(topology: str, *extra: str, check: bool = False) -> subprocess.Comp
     )
 
 
+# The recipes every shipped inventory is rendered with: the default one (the tutorial's
+# image) and the newer image's (tests/test_recipe_versions.py).
+RENDER_RECIPES = {"default": (), "v0.23.0": ("-e", "fleet_recipe=dsv4-flash-w8a8-mtp@v0.23.0")}
+
+
 @pytest.fixture(scope="session")
-def rendered(tmp_path_factory) -> dict[str, Path]:
-    """Render every shipped inventory once, by its bare name, with playbooks/render.yml."""
-    out = {}
-    for name in TOPOLOGIES:
-        target = tmp_path_factory.mktemp(f"render-{name}")
-        run_playbook("playbooks/render.yml", "-i", name, "-e", f"fleet_render_dir={target}")
-        out[name] = target
+def renders(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """Every shipped inventory, by its bare name, rendered with playbooks/render.yml with each
+    recipe of RENDER_RECIPES: the 14 runs at once, three at a time (each is one Ansible run on
+    the controller, most of it Python start-up and templating)."""
+    jobs = [(recipe, name, tmp_path_factory.mktemp(f"render-{recipe}-{name}"))
+            for recipe in RENDER_RECIPES for name in TOPOLOGIES]
+
+    def render(job):
+        recipe, name, target = job
+        run_playbook("playbooks/render.yml", "-i", name, "-e", f"fleet_render_dir={target}", *RENDER_RECIPES[recipe])
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        list(pool.map(render, jobs))  # a failed render raises here, with its output
+    out: dict[str, dict[str, Path]] = {recipe: {} for recipe in RENDER_RECIPES}
+    for recipe, name, target in jobs:
+        out[recipe][name] = target
     return out
+
+
+@pytest.fixture(scope="session")
+def rendered(renders) -> dict[str, Path]:
+    """Every shipped inventory rendered once with the default recipe."""
+    return renders["default"]
 
 
 def load_plan(render_dir: Path) -> dict:
@@ -84,7 +105,17 @@ def pytest_runtest_makereport(item, call):
 # Order: tests that need no lab first (they fail in seconds), then the lab tests in file
 # order, and the Molecule scenarios last. Each scenario destroys its lab at the end, so run
 # in the middle it would take down the a3-1p1d lab that the lab tests share, and the next
-# test would bring it up again from nothing.
+# test would bring it up again from nothing. Except the scenarios of the topologies the lab
+# tests use (tests/test_molecule.py HANDED_ON): each runs just before the first lab test of
+# its topology, keeps its lab (--destroy=never) and hands it on, serving, to those tests.
+HAND_ON_USERS = {
+    # the first lab test of the topology: a3-1p1d is the lab tests' shared one (the first
+    # lab test may use it); a2-4p4d serves the evaluation and the DP-group fault tests
+    "a3-1p1d": lambda item: True,
+    "a2-4p4d": lambda item: "[a2-4p4d]" in item.nodeid or "test_faults_dp_lab.py" in item.nodeid,
+}
+
+
 def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
         if item.get_closest_marker("molecule"):
@@ -92,3 +123,12 @@ def pytest_collection_modifyitems(config, items):
         return 1 if item.get_closest_marker("lab") else 0
 
     items.sort(key=rank)  # stable: file order within each group
+    for topology, uses in HAND_ON_USERS.items():
+        scenario = next((it for it in items if it.get_closest_marker("molecule")
+                         and getattr(it, "callspec", None) and it.callspec.params.get("scenario") == topology), None)
+        users = [i for i, it in enumerate(items) if rank(it) == 1 and uses(it)]
+        if scenario is None or not users:
+            continue
+        items.remove(scenario)
+        items.insert(users[0], scenario)
+        scenario.hand_on_lab = True

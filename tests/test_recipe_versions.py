@@ -19,7 +19,7 @@ import yaml
 
 from ascend_fleet.recipes import load_recipe
 from ascend_fleet.serveflags import FlagSpec, ServeFlagError, UnknownFlagError, parse_serve_argv
-from tests.conftest import REPO, TOPOLOGIES, load_plan, run_playbook
+from tests.conftest import RENDER_RECIPES, REPO, TOPOLOGIES, load_plan
 from tests.seed import (
     V0230_SCRIPT_NAMES,
     V0230_TEXT,
@@ -40,16 +40,10 @@ PARAMS = [(topo, host, seed) for topo, hosts in CASES.items() for host, seed in 
 
 
 @pytest.fixture(scope="session")
-def rendered_v0230(tmp_path_factory) -> dict[str, Path]:
+def rendered_v0230(renders) -> dict[str, Path]:
     """Every shipped inventory rendered with the v0.23.0 recipe (playbooks/render.yml)."""
-    out = {}
-    for name in TOPOLOGIES:
-        target = tmp_path_factory.mktemp(f"render-v0230-{name}")
-        run_playbook(
-            "playbooks/render.yml", "-i", name, "-e", f"fleet_render_dir={target}", "-e", f"fleet_recipe={RECIPE}"
-        )
-        out[name] = target
-    return out
+    assert RENDER_RECIPES["v0.23.0"] == ("-e", f"fleet_recipe={RECIPE}")
+    return renders["v0.23.0"]
 
 
 def test_tutorial_copy_is_the_v0230_tag_file():
