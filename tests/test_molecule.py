@@ -7,7 +7,7 @@ command on every node; the tutorial's request through the entry point), destroy.
 Two ways, to keep the whole suite in its time budget:
 - **Handed on** (a3-1p1d and a2-4p4d, when lab tests of that topology run in the same
   session): the scenario runs before them (tests/conftest.py orders it), from a lab taken
-  down first (what its destroy does), with ``--destroy=never``. Create, converge,
+  down first (``molecule destroy``), with ``--destroy=never``. Create, converge,
   idempotence and verify are the scenario's own, from nothing; the lab it leaves serving
   is what those lab tests start from (recorded like any successful site.yml), and the
   last of them takes it down.
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, TOPOLOGIES
-from tests.lab.conftest import lab_unavailable, labctl, record_serving
+from tests.lab.conftest import lab_unavailable, record_serving
 
 pytestmark = [pytest.mark.lab, pytest.mark.molecule]
 
@@ -92,7 +92,11 @@ def test_molecule_scenario(scenario, request):
         pytest.skip(reason)
     hand_on = bool(getattr(request.node, "hand_on_lab", False))
     if hand_on:
-        labctl("down", scenario)  # what the scenario's first destroy does: create starts from nothing
+        # the scenario's first destroy, run here (lab down, Molecule's own state reset): with
+        # --destroy=never the sequence skips it, and create must start from nothing
+        destroy = subprocess.run([str(Path(sys.executable).parent / "molecule"), "destroy", "-s", scenario],
+                                 cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600, check=False)
+        assert destroy.returncode == 0, (destroy.stdout + destroy.stderr)[-3000:]
         _start(scenario, "--destroy=never")
     else:
         together = [item.callspec.params["scenario"] for item in request.session.items
@@ -104,6 +108,7 @@ def test_molecule_scenario(scenario, request):
     assert code == 0, out[-6000:]
     for step in STEPS:
         assert _step_ok(scenario, step, out), f"{step} did not succeed:\n{out[-4000:]}"
+    assert "Skipping, instances already created" not in out  # create brought the lab up
     if hand_on:
         assert "Skipping, '--destroy=never' requested." in out
         record_serving(scenario)  # serving what a successful site.yml left: the lab tests start here
