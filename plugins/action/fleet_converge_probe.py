@@ -10,25 +10,17 @@ The module's own options pass through; ``inputs`` is set here.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 
-try:
-    import ascend_fleet
-    from ascend_fleet.converge import code_digest, decide, input_names, inputs_digest
-except ImportError as exc:
-    raise AnsibleError(
-        f"the Python package ascend_fleet is not installed for {sys.executable} "
-        "(the Python that runs Ansible): run scripts/setup.sh, or pip install -e . in the checkout"
-    ) from exc
+# fleet_plan's import stops with a clear message when the ascend_fleet package is missing;
+# the collection root is its REPO_ROOT.
+from ansible_collections.ascend.fleet.plugins.action.fleet_plan import REPO_ROOT, role_defaults, role_option_types
 
-from ansible_collections.ascend.fleet.plugins.action.fleet_plan import role_defaults, role_option_types
+import ascend_fleet
+from ascend_fleet.converge import code_digest, decide, input_names, inputs_digest
 
-# The collection root (the checkout, or ansible_collections/ascend/fleet when installed).
-REPO_ROOT = Path(__file__).resolve().parents[2]
 _CODE: dict[str, str] = {}
 
 
