@@ -32,7 +32,7 @@ def _read_yaml(path: Path) -> Any:
     st = path.stat()
     key = (str(path), st.st_mtime_ns, st.st_size)
     if key not in _PARSED:
-        _PARSED[key] = yaml.safe_load(path.read_text())
+        _PARSED[key] = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     return copy.deepcopy(_PARSED[key])
 
 

@@ -175,7 +175,7 @@ def test_site_probes_before_the_phases_and_records_after_verify():
 def test_every_play_of_a_skippable_phase_ends_at_once_on_a_converged_fleet(phase):
     for play in yaml.safe_load((REPO / "playbooks" / "phases" / f"{phase}.yml").read_text()):
         first = (play.get("pre_tasks") or play.get("tasks"))[0]
-        assert first.get("ansible.builtin.meta") == "end_host", (phase, play["name"])
+        assert first.get("ansible.builtin.meta") == "end_play", (phase, play["name"])
         assert first.get("when") == "converge_skip | default(false) | bool", (phase, play["name"])
 
 
@@ -183,4 +183,25 @@ def test_every_play_of_a_skippable_phase_ends_at_once_on_a_converged_fleet(phase
 def test_verify_and_eval_always_run(phase):
     text = (REPO / "playbooks" / "phases" / f"{phase}.yml").read_text()
     assert "converge_skip" not in text
+
+
+def test_a_converged_run_keeps_the_record_it_matched():
+    """The record play ends at once on a converged fleet: the probe found the record equal."""
+    play = yaml.safe_load((REPO / "playbooks" / "phases" / "converge_record.yml").read_text())[0]
+    first = play["tasks"][0]
+    assert first.get("ansible.builtin.meta") == "end_play"
+    assert first.get("when") == "converge_skip | default(false) | bool"
+
+
+def test_site_evaluates_only_when_asked_and_the_eval_playbook_always():
+    """site.yml ends the evaluation play at once unless eval_enabled; playbooks/eval.yml runs it."""
+    site = {e["ansible.builtin.import_playbook"]: e for e in yaml.safe_load((REPO / "site.yml").read_text())}
+    assert site["playbooks/phases/eval.yml"].get("vars") == {"eval_from_site": True}
+    assert "when" not in site["playbooks/phases/eval.yml"]
+    play = yaml.safe_load((REPO / "playbooks" / "phases" / "eval.yml").read_text())[0]
+    first = play["pre_tasks"][0]
+    assert first.get("ansible.builtin.meta") == "end_play"
+    assert first.get("when") == "eval_from_site | default(false) | bool and not (eval_enabled | bool)"
+    entry = yaml.safe_load((REPO / "playbooks" / "eval.yml").read_text())
+    assert all("eval_from_site" not in str(e) for e in entry)
 

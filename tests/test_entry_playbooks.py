@@ -71,8 +71,8 @@ def kind(play: dict) -> str:
         return "lock"
     for task in play.get("tasks", []):
         inc = task.get("ansible.builtin.include_role") or {}
-        if inc.get("name") == "run_lock" and inc.get("tasks_from") == "release":
-            return "unlock"
+        if inc.get("name") == "run_lock":
+            return "unlock" if inc.get("tasks_from") == "release" else "lock"
     return "phase"
 
 
@@ -351,3 +351,13 @@ def test_launch_files_take_the_nic_preflight_found_when_the_inventory_names_none
     scripts = "".join(p.read_text() for p in (tmp_path / "files").glob("*.sh"))
     assert scripts.count('nic_name="eth7"') >= 1 and 'nic_name=""' not in scripts, scripts[:2000]
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("fragment", ["playbooks/lock.yml", "playbooks/unlock.yml"])
+def test_the_lock_is_taken_and_released_once_for_the_fleet(fragment):
+    """One worker checks the lock's settings and takes (releases) it, not one per host."""
+    (play,) = yaml.safe_load((REPO / fragment).read_text())
+    (task,) = play["tasks"]
+    assert task["ansible.builtin.include_role"]["name"] == "run_lock"
+    assert task.get("run_once") is True
+    assert bool(play.get("any_errors_fatal")) is (fragment == "playbooks/lock.yml")

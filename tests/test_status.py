@@ -141,3 +141,75 @@ def test_a_host_not_probed_and_a_refused_key_are_problems():
     assert report["service"] == "degraded"
     report = fleet_report(PLAN, statuses, ["prefill-0", "decode-0"], NOW)
     assert "decode-0 not probed" in report["problems"]
+
+
+def _engine_api(sock_path, containers):
+    """An HTTP server on a Unix socket answering GET /containers/NAME/json as dockerd does."""
+    import http.server
+    import socketserver
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            name = self.path.split("/")[2]
+            body = json.dumps(containers[name]) if name in containers else json.dumps(
+                {"message": f"No such container: {name}"})
+            self.send_response(200 if name in containers else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self):
+            request, _ = super().get_request()
+            return request, ("local", 0)
+
+    server = Server(str(sock_path), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_docker_inspect_reads_the_engine_api_in_the_clis_shapes(tmp_path, monkeypatch):
+    from ansible_collections.ascend.fleet.plugins.module_utils import fleet_status
+
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    info = {"State": {"Running": True, "Status": "running", "StartedAt": "2026-11-30T20:26:35Z"},
+            "Config": {"Image": "registry.local/ascend/vllm-ascend:v0.21.0rc1"}}
+    server = _engine_api(tmp_path / "docker.sock", {"vllm-ascend": info})
+    try:
+        found = fleet_status.docker_inspect("vllm-ascend", timeout=5, sock_path=str(tmp_path / "docker.sock"))
+        assert found["rc"] == 0 and json.loads(found["out"]) == [info]
+        state = container_state("vllm-ascend", found)
+        assert (state["state"], state["image"], state["started_at"]) == (
+            "running", info["Config"]["Image"], "2026-11-30T20:26:35Z")
+        absent = fleet_status.docker_inspect("gone", timeout=5, sock_path=str(tmp_path / "docker.sock"))
+        assert container_state("gone", absent)["state"] == "absent"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_docker_inspect_falls_back_on_the_cli_without_a_local_socket(tmp_path, monkeypatch):
+    """DOCKER_HOST set (or no socket): the CLI answers, as `docker container inspect` would."""
+    from ansible_collections.ascend.fleet.plugins.module_utils import fleet_status
+
+    calls = []
+
+    def cli(cmd, timeout=60):
+        calls.append(cmd)
+        return 1, "[]", "Error: No such object: x"
+
+    monkeypatch.setattr(fleet_status, "capture", cli)
+    missing = fleet_status.docker_inspect("x", sock_path=str(tmp_path / "none.sock"))
+    assert calls == [["docker", "container", "inspect", "x"]]
+    assert container_state("x", missing)["state"] == "absent"
+    monkeypatch.setenv("DOCKER_HOST", "tcp://198.18.0.1:2375")
+    (tmp_path / "docker.sock").write_text("")
+    fleet_status.docker_inspect("x", sock_path=str(tmp_path / "docker.sock"))
+    assert len(calls) == 2

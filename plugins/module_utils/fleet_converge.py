@@ -26,12 +26,15 @@ from ansible_collections.ascend.fleet.plugins.module_utils.fleet_node import (
     HCCN_TOOL,
     NPU_SMI,
     VERSION_INFO,
-    capture,
     field,
     run,
     weights_state,
 )
-from ansible_collections.ascend.fleet.plugins.module_utils.fleet_status import container_state, http_status
+from ansible_collections.ascend.fleet.plugins.module_utils.fleet_status import (
+    container_state,
+    docker_inspect,
+    http_status,
+)
 
 RECORD_VERSION = 1
 
@@ -45,8 +48,7 @@ def sha1_of(path):
 
 
 def container(name):
-    rc, out, err = capture(["docker", "container", "inspect", name], timeout=30)
-    state = container_state(name, {"rc": rc, "out": out, "err": err})
+    state = container_state(name, docker_inspect(name, timeout=30))
     return {k: state.get(k) for k in ("state", "status", "started_at", "image")}
 
 

@@ -7,9 +7,13 @@ Standard library and fleet_node only. ``host_status`` is pure (unit-tested); ``p
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import re
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +21,49 @@ from ansible_collections.ascend.fleet.plugins.module_utils.fleet_node import cap
 
 # No proxy from the environment: the ranks are on the node's own addresses.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+DOCKER_SOCK = "/var/run/docker.sock"
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def docker_inspect(name, timeout=30, sock_path=DOCKER_SOCK):
+    """`docker container inspect NAME` as {rc, out, err}, in the CLI's shapes.
+
+    Read from the Engine API on the local socket when Docker is the local daemon (the same
+    JSON the CLI prints, without starting a CLI process per container: the converge probe
+    reads every node at once); from the CLI itself when DOCKER_HOST points elsewhere or the
+    socket cannot be used."""
+    if not os.environ.get("DOCKER_HOST") and os.path.exists(sock_path):
+        conn = _UnixHTTPConnection(sock_path, timeout)
+        try:
+            conn.request("GET", f"/containers/{urllib.parse.quote(name, safe='')}/json")
+            resp = conn.getresponse()
+            status, body = resp.status, resp.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException):
+            status, body = None, ""
+        finally:
+            conn.close()
+        if status == 200:
+            return {"rc": 0, "out": f"[{body}]", "err": ""}
+        if status == 404:
+            return {"rc": 1, "out": "[]", "err": f"Error: No such container: {name}"}
+    rc, out, err = capture(["docker", "container", "inspect", name], timeout=timeout)
+    return {"rc": rc, "out": out, "err": err}
 
 
 def container_state(name, inspect):
