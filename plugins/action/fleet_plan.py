@@ -22,6 +22,7 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 try:
+    from ascend_fleet.recipes import YAML_LOADER
     from ascend_fleet.topology import FLEET_VARS, build_plan
 except ImportError as exc:
     raise AnsibleError(
@@ -43,16 +44,11 @@ def collection_installed() -> bool:
         return False
 
 
-# libyaml's safe loader when PyYAML has it (ten times faster: every run reads every role's
-# defaults and argument specs, in each host's worker for the converge probe).
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def role_option_types() -> dict[str, str]:
     """Every documented role option (meta/argument_specs.yml) with its declared type."""
     types: dict[str, str] = {}
     for spec_file in sorted((REPO_ROOT / "roles").glob("*/meta/argument_specs.yml")):
-        data = yaml.load(spec_file.read_text(), Loader=_YAML_LOADER) or {}
+        data = yaml.load(spec_file.read_text(), Loader=YAML_LOADER) or {}
         for entry in (data.get("argument_specs") or {}).values():
             for name, opt in (entry.get("options") or {}).items():
                 kind = (opt or {}).get("type")
@@ -70,7 +66,7 @@ def role_defaults() -> dict[str, object]:
     """
     found: dict[str, object] = {}
     for defaults_file in sorted((REPO_ROOT / "roles").glob("*/defaults/main.yml")):
-        data = yaml.load(defaults_file.read_text(), Loader=_YAML_LOADER) or {}
+        data = yaml.load(defaults_file.read_text(), Loader=YAML_LOADER) or {}
         for name, value in data.items():
             if "{{" not in repr(value) and "{%" not in repr(value):
                 found[name] = value

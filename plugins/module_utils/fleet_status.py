@@ -45,8 +45,8 @@ def docker_inspect(name, timeout=30, sock_path=DOCKER_SOCK):
     """`docker container inspect NAME` as {rc, out, err}, in the CLI's shapes.
 
     Read from the Engine API on the local socket when Docker is the local daemon (the same
-    JSON the CLI prints, without starting a CLI process per container: the converge probe
-    reads every node at once); from the CLI itself when DOCKER_HOST points elsewhere or the
+    JSON the CLI prints, without starting a CLI process per container: the status and
+    converge probes read every node at once); from the CLI itself when DOCKER_HOST points elsewhere or the
     socket cannot be used."""
     if not os.environ.get("DOCKER_HOST") and os.path.exists(sock_path):
         conn = _UnixHTTPConnection(sock_path, timeout)
@@ -197,12 +197,9 @@ def probe(job, api_key="", timeout=10.0):
     names = [n for n in (job.get("engine_container"), job.get("proxy_container")) if n]
     with ThreadPoolExecutor(max_workers=max(1, min(32, len(urls) + len(names) + 1))) as pool:
         code_futures = {url: pool.submit(http_status, url, timeout, api_key) for url in urls}
-        inspect_futures = {n: pool.submit(capture, ["docker", "container", "inspect", n]) for n in names}
+        inspect_futures = {n: pool.submit(docker_inspect, n, 60) for n in names}
         ss_future = pool.submit(capture, ["ss", "-H", "-t", "-l", "-n"])
-    inspects = {}
-    for name, fut in inspect_futures.items():
-        rc, out, err = fut.result()
-        inspects[name] = {"rc": rc, "out": out, "err": err}
+    inspects = {name: fut.result() for name, fut in inspect_futures.items()}
     rc, ss_out, _ = ss_future.result()
     codes = {url: fut.result() for url, fut in code_futures.items()}
     return host_status({**job, "api_key_set": bool(api_key)}, True, None, inspects, codes,
